@@ -1,0 +1,14 @@
+import os
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(os.environ.get("SPINN_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data sample (SNLI 1% train, SNLI dev, GloVe rows, SICK); skip where it is absent."""
+    if not (DATA_DIR / "snli_1.0" / "snli_1.0_dev.jsonl").exists():
+        pytest.skip(f"real data not found at {DATA_DIR} (set SPINN_TEST_DATA)")
+    return DATA_DIR
