@@ -43,8 +43,7 @@ def parse_to_transitions(parse: str) -> tuple[list[str], list[Transition]]:
             n = open_children.pop()
             if n != 2:
                 raise ParseError(
-                    f"non-binary parse: the bracket closed at item {pos + 1} has {n} children, "
-                    "expected 2"
+                    f"non-binary parse: the bracket closed at item {pos + 1} has {n} children, expected 2"
                 )
             transitions.append(REDUCE)
             open_children[-1] += 1
@@ -57,9 +56,7 @@ def parse_to_transitions(parse: str) -> tuple[list[str], list[Transition]]:
     if not tokens:
         raise ParseError("empty parse: expected at least one word")
     if open_children[0] != 1:
-        raise ParseError(
-            f"non-binary parse: {open_children[0]} top-level nodes, expected one tree"
-        )
+        raise ParseError(f"non-binary parse: {open_children[0]} top-level nodes, expected one tree")
     return tokens, transitions
 
 

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(os.environ.get("SPINN_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA_DIR = Path(
+    os.environ.get("SPINN_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 
 @pytest.fixture(scope="session")
