@@ -1,0 +1,1 @@
+"""Data: readers, vocabulary, GloVe, batching."""

@@ -1,0 +1,268 @@
+"""Padded batches of sentences in the layout the SPINN encoder consumes.
+
+Padding convention (one batch of B sentences, the longest with N words):
+
+* ``tokens``      (B, N)       long, word ids, right-padded with the vocabulary's ``<pad>`` id (0).
+* ``transitions`` (B, 2N - 1)  long, SHIFT/REDUCE, right-padded with ``Transition.PAD``.
+* ``lengths``     (B,)         long, the number of words n_i >= 1; sentence i has 2 n_i - 1
+                               transitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from spinn.data.cache import NLITable
+from spinn.data.snli import NLIExample
+from spinn.data.vocab import Vocab
+from spinn.errors import SpinnError
+from spinn.transitions import PAD
+
+
+@dataclass
+class Sentences:
+    """A padded batch of sentences; see the module docstring for the layout."""
+
+    tokens: torch.Tensor  # (B, N)
+    transitions: torch.Tensor  # (B, 2N - 1)
+    lengths: torch.Tensor  # (B,)
+
+    def to(self, device: torch.device | str) -> Sentences:
+        return Sentences(
+            *(t.to(device, non_blocking=True) for t in (self.tokens, self.transitions, self.lengths))
+        )
+
+
+def pad_sentences(
+    token_ids: Sequence[Sequence[int]], transitions: Sequence[Sequence[int]], pad_id: int = 0
+) -> Sentences:
+    """Pad per-sentence word ids and transitions into a `Sentences` batch."""
+    lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
+    n = int(lengths.max())
+    tokens = torch.full((len(token_ids), n), pad_id, dtype=torch.long)
+    trans = torch.full((len(token_ids), 2 * n - 1), int(PAD), dtype=torch.long)
+    for i, (ids, ts) in enumerate(zip(token_ids, transitions, strict=True)):
+        tokens[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        trans[i, : len(ts)] = torch.as_tensor([int(t) for t in ts], dtype=torch.long)
+    return Sentences(tokens, trans, lengths)
+
+
+@dataclass
+class NLIBatch:
+    """A batch of sentence pairs: premises and hypotheses padded separately (see the module docstring)."""
+
+    premise: Sentences
+    hypothesis: Sentences
+    labels: torch.Tensor  # (B,) long, indices into spinn.data.snli.LABELS
+    pair_ids: list[str]
+
+    def to(self, device: torch.device | str) -> NLIBatch:
+        return NLIBatch(
+            self.premise.to(device),
+            self.hypothesis.to(device),
+            self.labels.to(device, non_blocking=True),
+            self.pair_ids,
+        )
+
+    def __len__(self) -> int:
+        return len(self.pair_ids)
+
+
+class NLIItem(NamedTuple):
+    """One numericalised example, as `NLIDataset` returns it and `collate_nli` takes it."""
+
+    premise: list[int]
+    premise_transitions: list[int]
+    hypothesis: list[int]
+    hypothesis_transitions: list[int]
+    label: int
+    pair_id: str
+
+
+class NLIDataset(Dataset):
+    """NLI examples as word ids of a vocabulary, stored flat (a few tensors, however many examples).
+
+    Args:
+        examples: a list of `spinn.data.snli.NLIExample`, or the `spinn.data.cache.NLITable` that
+            `spinn.data.cache.load_nli` returns (the fast path: no per-word Python work).
+        vocab: maps words to ids; words it lacks become ``<unk>``.
+
+    Attributes:
+        lengths: (N,) long, max(premise words, hypothesis words) of each example, for bucketing.
+    """
+
+    def __init__(self, examples: Sequence[NLIExample] | NLITable, vocab: Vocab):
+        table = examples if isinstance(examples, NLITable) else NLITable.from_examples(examples)
+        to_vocab = np.array(vocab.encode(table.words), dtype=np.int64)
+        self._sides = []
+        for side in ("premise", "hypothesis"):
+            ids = getattr(table, f"{side}_ids").numpy()
+            offsets = getattr(table, f"{side}_offsets").numpy()
+            self._sides.append((to_vocab[ids], offsets, getattr(table, f"{side}_transitions").numpy()))
+        self._labels = table.labels.tolist()
+        self.pair_ids = table.pair_ids
+        (_, p_off, _), (_, h_off, _) = self._sides
+        self.lengths = torch.from_numpy(np.maximum(np.diff(p_off), np.diff(h_off)))
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, i: int) -> NLIItem:
+        (p_ids, p_off, p_trans), (h_ids, h_off, h_trans) = self._sides
+        pa, pb = p_off[i], p_off[i + 1]
+        ha, hb = h_off[i], h_off[i + 1]
+        # Example i's transitions start at 2 * off[i] - i: each earlier example has 2 n - 1 of them.
+        return NLIItem(
+            p_ids[pa:pb].tolist(),
+            p_trans[2 * pa - i : 2 * pb - i - 1].tolist(),
+            h_ids[ha:hb].tolist(),
+            h_trans[2 * ha - i : 2 * hb - i - 1].tolist(),
+            self._labels[i],
+            self.pair_ids[i],
+        )
+
+
+def collate_nli(items: Sequence[NLIItem]) -> NLIBatch:
+    """Pad a list of `NLIDataset` items into an `NLIBatch` (use as a DataLoader's ``collate_fn``)."""
+    return NLIBatch(
+        premise=pad_sentences([it.premise for it in items], [it.premise_transitions for it in items]),
+        hypothesis=pad_sentences(
+            [it.hypothesis for it in items], [it.hypothesis_transitions for it in items]
+        ),
+        labels=torch.tensor([it.label for it in items], dtype=torch.long),
+        pair_ids=[it.pair_id for it in items],
+    )
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of examples of similar length, reshuffled each epoch; every example once per epoch.
+
+    With ``shuffle``: a permutation drawn from (seed, epoch) is cut into pools of ``pool_batches``
+    batches, each pool is sorted by length (stable) and cut into batches, and the batch order is
+    shuffled. Without: examples sorted by length, batches in that order (for evaluation). Only the
+    last batch can be partial; ``drop_last`` drops it.
+
+    Sharding over ``num_replicas`` ranks (all ranks draw the same batches for a given (seed, epoch)):
+    rank r takes batches r, r + R, r + 2R, ...; every rank gets the same number of steps. Batches left
+    over when the count is not a multiple of R are dropped with ``drop_last``; without it their
+    examples are dealt out in turn to one final batch per rank, so each example is still seen exactly
+    once (if there are fewer left-over examples than ranks, the short ranks repeat one of them).
+
+    Resume: ``state_dict()`` records the epoch and the batches this iterator has yielded;
+    after ``load_state_dict`` the next iteration yields exactly the remaining batches of that epoch.
+
+    Raises:
+        SpinnError: a batch size, replica count or rank out of range; a state from another setup.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool_batches: int = 100,
+    ):
+        if batch_size < 1 or pool_batches < 1:
+            raise SpinnError(f"batch_size and pool_batches must be >= 1, found {batch_size}, {pool_batches}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise SpinnError(f"rank must be in [0, num_replicas={num_replicas}), found {rank}")
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pool_batches = pool_batches
+        self.epoch = 0
+        self._skip = 0
+        self._consumed = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of `epoch`; a resume position for another epoch is forgotten."""
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (a full epoch, also right after a mid-epoch resume)."""
+        n, bs, r = len(self.lengths), self.batch_size, self.num_replicas
+        batches = n // bs + (1 if n % bs and not self.drop_last else 0)
+        return batches // r + (1 if batches % r and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._rank_batches()
+        start, self._skip = self._skip, 0
+        self._consumed = start
+        for batch in batches[start:]:
+            self._consumed += 1
+            yield batch
+
+    def _all_batches(self) -> list[torch.Tensor]:
+        """This epoch's batches before sharding, identical on every rank."""
+        n = len(self.lengths)
+        if n == 0:
+            return []
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+            pool = self.batch_size * self.pool_batches
+            order = torch.cat(
+                [idx[torch.argsort(self.lengths[idx], stable=True)] for idx in order.split(pool)]
+            )
+        else:
+            order = torch.argsort(self.lengths, stable=True)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def _rank_batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        r = self.num_replicas
+        full = len(batches) - len(batches) % r
+        mine = [b.tolist() for b in batches[self.rank : full : r]]
+        if full < len(batches) and not self.drop_last:
+            left = torch.cat(batches[full:]).tolist()
+            share = left[self.rank :: r]
+            mine.append(share if share else [left[self.rank % len(left)]])
+        return mine
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, int | bool]:
+        """The position in the epoch. Pass `batches_consumed` when a DataLoader with workers has
+        prefetched batches the model has not yet seen (the sampler counts what it has handed out)."""
+        return {
+            "epoch": self.epoch,
+            "batches_consumed": self._consumed if batches_consumed is None else batches_consumed,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "num_examples": len(self.lengths),
+        }
+
+    def load_state_dict(self, state: dict[str, int | bool]) -> None:
+        """Raises: SpinnError when the state was saved by a sampler with other settings or data."""
+        mine = self.state_dict()
+        for key in ("seed", "batch_size", "shuffle", "drop_last", "num_replicas", "rank", "num_examples"):
+            if state.get(key) != mine[key]:
+                raise SpinnError(
+                    f"sampler state key {key!r}: saved {state.get(key)!r} but this sampler has {mine[key]!r}"
+                )
+        self.epoch = int(state["epoch"])
+        self._skip = self._consumed = int(state["batches_consumed"])

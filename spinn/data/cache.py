@@ -1,0 +1,303 @@
+"""Preprocessed-dataset cache: an NLI file parsed once, stored as tensors, reloaded in about a second.
+
+A cache file holds a ``key`` (format version, the source file's resolved path, size and mtime, and the
+reading options) next to its payload of tensors and plain lists; it is written with `torch.save` to a
+temporary file and moved into place with `os.replace`, and read back with ``weights_only=True``. When
+the key differs (the source changed, or the format did) the cache is stale and is rebuilt in place.
+
+By default a cache file lives next to its source as ``<source name>.<tag>.pt``; ``cache_dir`` puts it
+elsewhere. Where the folder is not writable the data is still returned, with a warning, uncached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import chain, pairwise
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinn.data.snli import NLIExample, read_nli
+from spinn.errors import SpinnError
+
+CACHE_VERSION = 1
+
+
+def source_key(path: Path) -> dict[str, Any]:
+    """What identifies a source file's content cheaply: resolved path, size and modification time."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_path(source: Path, tag: str, cache_dir: str | Path | None) -> Path:
+    return (Path(cache_dir) if cache_dir is not None else source.parent) / f"{source.name}.{tag}.pt"
+
+
+def load_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached payload when `path` exists and was written under `key`; None when missing or stale."""
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file is rebuilt, not fatal
+        warnings.warn(f"{path}: unreadable cache ({err}); rebuilding it", stacklevel=2)
+        return None
+    if not isinstance(obj, dict) or obj.get("key") != {"version": CACHE_VERSION, **key}:
+        return None
+    return obj["payload"]
+
+
+def save_cache(path: Path, key: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """Write `payload` atomically; warn and return False where the folder cannot be written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": {"version": CACHE_VERSION, **key}, "payload": payload}, tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        warnings.warn(f"{path}: cannot write the cache ({err}); continuing without it", stacklevel=2)
+        return False
+    return True
+
+
+@dataclass
+class NLITable:
+    """The examples of one NLI file in columns: word ids into the file's own word list, flattened.
+
+    For N examples with premise lengths n_i (words) the premise columns are
+    ``premise_ids`` (sum n_i,) int32 into ``words``, ``premise_offsets`` (N + 1,) int64 (example i's
+    words are ``premise_ids[off[i]:off[i + 1]]``) and ``premise_transitions`` (sum (2 n_i - 1),) int8,
+    where example i's transitions start at ``2 * off[i] - i``. The hypothesis columns are alike.
+    ``labels`` is (N,) int64; ``word_counts`` (len(words),) int64 counts each word over both sides.
+    """
+
+    words: list[str]
+    word_counts: torch.Tensor
+    premise_ids: torch.Tensor
+    premise_offsets: torch.Tensor
+    premise_transitions: torch.Tensor
+    hypothesis_ids: torch.Tensor
+    hypothesis_offsets: torch.Tensor
+    hypothesis_transitions: torch.Tensor
+    labels: torch.Tensor
+    pair_ids: list[str]
+    genres: list[str | None] | None = None
+    no_gold: int = 0
+    invalid: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pair_ids)
+
+    def counts(self) -> dict[str, int]:
+        """Word -> count over premises and hypotheses, for `spinn.data.vocab.Vocab.from_counts`."""
+        return dict(zip(self.words, self.word_counts.tolist(), strict=True))
+
+    @classmethod
+    def from_examples(cls, examples: Sequence[NLIExample], *, no_gold: int = 0, invalid: int = 0) -> NLITable:
+        # Assigns the next id to each new word at C speed: d[w] inserts len(d) when w is missing.
+        local: defaultdict[str, int] = defaultdict()
+        local.default_factory = local.__len__
+        lookup = local.__getitem__
+        columns = []
+        for side in ("premise", "hypothesis"):
+            words, trans = attrgetter(side), attrgetter(f"{side}_transitions")
+            ids = np.fromiter(map(lookup, chain.from_iterable(map(words, examples))), dtype=np.int32)
+            lengths = np.fromiter(map(len, map(words, examples)), dtype=np.int64, count=len(examples))
+            n_trans = np.fromiter(map(len, map(trans, examples)), dtype=np.int64, count=len(examples))
+            bad = np.flatnonzero((lengths < 1) | (n_trans != 2 * lengths - 1))
+            if len(bad):
+                ex = examples[bad[0]]
+                raise SpinnError(
+                    f"example {ex.pair_id!r}: {side} has {lengths[bad[0]]} words and {n_trans[bad[0]]} "
+                    f"transitions, expected n >= 1 words and 2 n - 1 transitions"
+                )
+            offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            flat_trans = np.fromiter(chain.from_iterable(map(trans, examples)), dtype=np.int8)
+            columns.append((torch.from_numpy(ids), torch.from_numpy(offsets), torch.from_numpy(flat_trans)))
+        (p_ids, p_off, p_trans), (h_ids, h_off, h_trans) = columns
+        counts = np.bincount(np.concatenate([p_ids.numpy(), h_ids.numpy()]), minlength=len(local))
+        genres = [ex.genre for ex in examples]
+        return cls(
+            words=list(local),
+            word_counts=torch.from_numpy(counts.astype(np.int64)),
+            premise_ids=p_ids,
+            premise_offsets=p_off,
+            premise_transitions=p_trans,
+            hypothesis_ids=h_ids,
+            hypothesis_offsets=h_off,
+            hypothesis_transitions=h_trans,
+            labels=torch.tensor([ex.label for ex in examples], dtype=torch.long),
+            pair_ids=[ex.pair_id for ex in examples],
+            genres=genres if any(g is not None for g in genres) else None,
+            no_gold=no_gold,
+            invalid=invalid,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """Tensors and plain values only; the string lists packed (a genre of None is stored as "")."""
+        payload = dict(self.__dict__)
+        payload["words"] = _pack(self.words)
+        payload["pair_ids"] = _pack(self.pair_ids)
+        payload["genres"] = None if self.genres is None else _pack([g or "" for g in self.genres])
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> NLITable:
+        fields = dict(payload)
+        fields["words"] = _unpack(payload["words"])
+        fields["pair_ids"] = _unpack(payload["pair_ids"])
+        if payload["genres"] is not None:
+            fields["genres"] = [g or None for g in _unpack(payload["genres"])]
+        return cls(**fields)
+
+
+def _pack(strings: list[str]) -> dict[str, Any]:
+    """One string and a tensor of lengths: a list of 550k strings takes seconds to unpickle with
+    ``weights_only=True``; this takes a fraction of a second."""
+    return {"text": "".join(strings), "lengths": torch.tensor([len(s) for s in strings], dtype=torch.int64)}
+
+
+def _unpack(packed: dict[str, Any]) -> list[str]:
+    text = packed["text"]
+    ends = np.cumsum(packed["lengths"].numpy()).tolist()
+    return [text[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+
+
+def load_nli(
+    path: str | Path,
+    *,
+    lowercase: bool = False,
+    skip_invalid: bool = False,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    workers: int = 1,
+) -> NLITable:
+    """`spinn.data.snli.read_nli` into an `NLITable`, cached so that a second call skips parsing.
+
+    Args:
+        workers: processes that parse an uncompressed ``.jsonl`` of at least 64 MB in parallel, one
+            contiguous part each (no progress bar then); other files are read in this process.
+
+    Raises:
+        SpinnError: as `read_nli`.
+    """
+    path = Path(path)
+    if use_cache:
+        options = {"lowercase": lowercase, "skip_invalid": skip_invalid}
+        tag = "nli" + ("-lower" if lowercase else "") + ("-skip" if skip_invalid else "")
+        target = cache_path(path, tag, cache_dir)
+        key = {"source": source_key(path) if path.is_file() else None, "options": options}
+        payload = load_cache(target, key)
+        if payload is not None:
+            return NLITable.from_payload(payload)
+    if (
+        workers > 1
+        and path.suffix == ".jsonl"
+        and path.is_file()
+        and path.stat().st_size >= PARALLEL_MIN_BYTES
+    ):
+        table = _read_parallel(path, workers, lowercase=lowercase, skip_invalid=skip_invalid)
+    else:
+        data = read_nli(path, lowercase=lowercase, skip_invalid=skip_invalid, progress=progress)
+        table = NLITable.from_examples(data.examples, no_gold=data.no_gold, invalid=data.invalid)
+    if use_cache:
+        save_cache(target, key, table.to_payload())
+    return table
+
+
+#: Below this size a file is read in one process: starting workers would cost more than it saves.
+PARALLEL_MIN_BYTES = 64 << 20
+
+
+def _read_parallel(path: Path, workers: int, **options: bool) -> NLITable:
+    """Split the file at line starts into `workers` parts, parse them in processes, and merge."""
+    size = path.stat().st_size
+    bounds = [0]
+    first_lines = [1]
+    with open(path, "rb") as f:
+        for k in range(1, workers):
+            f.seek(max(size * k // workers, bounds[-1]))
+            f.readline()
+            bounds.append(min(f.tell(), size))
+        bounds.append(size)
+        # Line numbers for messages: count the newlines before each part.
+        f.seek(0)
+        for a, b in pairwise(bounds[:-1]):
+            newlines = 0
+            while b > a:
+                chunk = f.read(min(b - a, 1 << 24))
+                newlines += chunk.count(b"\n")
+                a += len(chunk)
+            first_lines.append(first_lines[-1] + newlines)
+    # fork starts workers at once and shares the imported modules; spawn is the fallback elsewhere.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        futures = [
+            pool.submit(_read_part, path, (a, b), line, options)
+            for (a, b), line in zip(pairwise(bounds), first_lines, strict=True)
+        ]
+        parts = [f.result() for f in futures]
+    return _merge([NLITable.from_payload(_map_tensors(p, torch.as_tensor)) for p in parts])
+
+
+def _read_part(path: Path, byte_range: tuple[int, int], first_line: int, options: dict[str, bool]) -> dict:
+    # As in DataLoader workers: a forked child must not use the parent's OpenMP thread pool.
+    torch.set_num_threads(1)
+    data = read_nli(path, progress=False, byte_range=byte_range, first_line=first_line, **options)
+    payload = NLITable.from_examples(data.examples, no_gold=data.no_gold, invalid=data.invalid).to_payload()
+    # Tensors would travel through torch's shared-memory file descriptors; numpy arrays pickle plainly.
+    return _map_tensors(payload, torch.Tensor.numpy)
+
+
+def _map_tensors(payload: Any, fn: Any) -> Any:
+    """`payload` with `fn` applied to every tensor or array in it (dicts and lists are walked)."""
+    if isinstance(payload, dict):
+        return {k: _map_tensors(v, fn) for k, v in payload.items()}
+    if isinstance(payload, torch.Tensor | np.ndarray):
+        return fn(payload)
+    return payload
+
+
+def _merge(parts: list[NLITable]) -> NLITable:
+    """One table from consecutive parts: word lists united, ids remapped, offsets shifted."""
+    index: dict[str, int] = {}
+    sides: dict[str, list[list[torch.Tensor]]] = {"premise": [[], [], []], "hypothesis": [[], [], []]}
+    for t in parts:
+        remap = torch.tensor([index.setdefault(w, len(index)) for w in t.words], dtype=torch.int32)
+        for side, (ids, offsets, trans) in sides.items():
+            shift = offsets[-1][-1] if offsets else 0
+            ids.append(remap[getattr(t, f"{side}_ids").long()])
+            offsets.append(getattr(t, f"{side}_offsets")[(1 if offsets else 0) :] + shift)
+            trans.append(getattr(t, f"{side}_transitions"))
+    columns = {side: [torch.cat(c) for c in cols] for side, cols in sides.items()}
+    all_ids = torch.cat([columns["premise"][0], columns["hypothesis"][0]]).long()
+    has_genres = any(t.genres is not None for t in parts)
+    return NLITable(
+        words=list(index),
+        word_counts=torch.bincount(all_ids, minlength=len(index)),
+        premise_ids=columns["premise"][0],
+        premise_offsets=columns["premise"][1],
+        premise_transitions=columns["premise"][2],
+        hypothesis_ids=columns["hypothesis"][0],
+        hypothesis_offsets=columns["hypothesis"][1],
+        hypothesis_transitions=columns["hypothesis"][2],
+        labels=torch.cat([t.labels for t in parts]),
+        pair_ids=[pid for t in parts for pid in t.pair_ids],
+        genres=[g for t in parts for g in (t.genres or [None] * len(t))] if has_genres else None,
+        no_gold=sum(t.no_gold for t in parts),
+        invalid=sum(t.invalid for t in parts),
+    )

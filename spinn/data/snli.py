@@ -1,0 +1,251 @@
+"""Readers for SNLI 1.0 and MultiNLI 1.0: sentence pairs with binary parses and gold labels.
+
+Formats (each optionally gzip-compressed, ``.gz``):
+
+* ``.jsonl``: one JSON object per line (SNLI 1.0, MultiNLI 1.0, and SICK rendered in that form).
+* ``.txt``: tab-separated with a header line naming the columns (SNLI 1.0, MultiNLI 1.0).
+
+Fields used: ``gold_label``, ``sentence1_binary_parse``, ``sentence2_binary_parse`` (required),
+``pairID`` (optional; the line number stands in where it is absent) and ``genre`` (MultiNLI only).
+Rows whose gold label is ``-`` (no annotator majority) are skipped and counted in ``NLIData.no_gold``.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import json
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from spinn.errors import ParseError, SpinnError, at
+from spinn.transitions import parse_to_transitions
+
+LABELS = ("entailment", "neutral", "contradiction")
+_LABEL_IDS = {name: i for i, name in enumerate(LABELS)}
+NO_GOLD = "-"
+REQUIRED_FIELDS = ("gold_label", "sentence1_binary_parse", "sentence2_binary_parse")
+#: How many reasons for skipped rows are kept and printed when ``skip_invalid`` is set.
+MAX_REASONS = 5
+_PROGRESS_EVERY = 8192
+
+
+@dataclass
+class NLIExample:
+    """One labelled sentence pair; transitions are `spinn.transitions.Transition` values as ints."""
+
+    pair_id: str
+    premise: list[str]
+    premise_transitions: list[int]
+    hypothesis: list[str]
+    hypothesis_transitions: list[int]
+    label: int
+    genre: str | None = None
+
+
+@dataclass
+class NLIData:
+    """The examples of one file and what was left out of them."""
+
+    path: Path
+    examples: list[NLIExample]
+    no_gold: int = 0
+    invalid: int = 0
+    #: The first `MAX_REASONS` reasons for rows skipped as invalid.
+    invalid_reasons: list[str] = field(default_factory=list)
+
+
+def read_nli(
+    path: str | Path,
+    *,
+    lowercase: bool = False,
+    skip_invalid: bool = False,
+    progress: bool = True,
+    byte_range: tuple[int, int] | None = None,
+    first_line: int = 1,
+) -> NLIData:
+    """Read an SNLI/MultiNLI ``.jsonl`` or ``.txt`` file (optionally ``.gz``).
+
+    Args:
+        path: the file; its suffix (before an optional ``.gz``) selects the format.
+        lowercase: lower-case every token (for the lower-case GloVe 6B and 42B vectors).
+        skip_invalid: skip rows with bad JSON, a missing field, an unknown label or an invalid parse,
+            counting them in ``NLIData.invalid`` and printing the first few reasons, instead of raising.
+        progress: show a tqdm progress bar (by bytes read).
+        byte_range: read only the lines in [start, end) of an uncompressed ``.jsonl`` file, both ends
+            at line starts (for reading one file in several processes); ``first_line`` is the line
+            number at ``start``, for messages.
+
+    Raises:
+        SpinnError: the file is missing or of an unknown format, or (without ``skip_invalid``) a row
+            is invalid; the message names the file, line and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpinnError(f"{path}: no such file (expected an SNLI/MultiNLI .jsonl or .txt file)")
+    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if suffix not in (".jsonl", ".txt"):
+        raise SpinnError(f"{path}: unknown format {suffix!r}, expected .jsonl or .txt (optionally .gz)")
+    if byte_range is not None and (suffix != ".jsonl" or path.suffix == ".gz"):
+        raise SpinnError(f"{path}: byte_range needs an uncompressed .jsonl file")
+    lines = _lines(path, progress, byte_range or (0, None), first_line)
+    rows = _jsonl_rows(path, lines) if suffix == ".jsonl" else _tsv_rows(path, lines)
+
+    data = NLIData(path=path, examples=[])
+    with gc_paused():
+        _read_rows(rows, path, lowercase, skip_invalid, data)
+    if data.invalid:
+        print(f"{path}: skipped {data.invalid} invalid row(s); first reasons:", file=sys.stderr)
+        for reason in data.invalid_reasons:
+            print(f"  {reason}", file=sys.stderr)
+    return data
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while millions of small lists are made: it would otherwise
+    rescan the growing heap again and again (a third of the reading time), though none is garbage."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_rows(
+    rows: Iterator[tuple[int, dict | SpinnError]],
+    path: Path,
+    lowercase: bool,
+    skip_invalid: bool,
+    data: NLIData,
+) -> None:
+    for line_no, row in rows:
+        try:
+            example = _example(row, path, line_no, lowercase)
+        except SpinnError as err:
+            if not skip_invalid:
+                raise
+            data.invalid += 1
+            if len(data.invalid_reasons) < MAX_REASONS:
+                data.invalid_reasons.append(str(err))
+            continue
+        if example is None:
+            data.no_gold += 1
+        else:
+            data.examples.append(example)
+
+
+def _example(row: dict | SpinnError, path: Path, line: int, lowercase: bool) -> NLIExample | None:
+    """Build the example of one row; None for a row without a gold label."""
+    if isinstance(row, SpinnError):
+        raise row
+    for name in REQUIRED_FIELDS:
+        if not isinstance(row.get(name), str):
+            found = "nothing" if row.get(name) is None else repr(row[name])
+            raise SpinnError(f"{at(str(path), line, name)}: expected a string, found {found}")
+    gold = row["gold_label"]
+    if gold == NO_GOLD:
+        return None
+    label = _LABEL_IDS.get(gold)
+    if label is None:
+        raise SpinnError(
+            f"{at(str(path), line, 'gold_label')}: unknown label {gold!r}, expected one of "
+            f"{', '.join(LABELS)} or {NO_GOLD!r}"
+        )
+    sentences = []
+    for name in REQUIRED_FIELDS[1:]:
+        try:
+            tokens, transitions = parse_to_transitions(row[name])
+        except ParseError as err:
+            raise ParseError(f"{at(str(path), line, name)}: {err}") from None
+        if lowercase:
+            tokens = [t.lower() for t in tokens]
+        sentences.append((tokens, transitions))
+    (premise, premise_trans), (hypothesis, hypothesis_trans) = sentences
+    pair_id = row.get("pairID")
+    genre = row.get("genre")
+    return NLIExample(
+        pair_id=str(pair_id) if pair_id is not None else f"{path.name}:{line}",
+        premise=premise,
+        premise_transitions=premise_trans,
+        hypothesis=hypothesis,
+        hypothesis_transitions=hypothesis_trans,
+        label=label,
+        genre=str(genre) if genre is not None else None,
+    )
+
+
+def _lines(
+    path: Path, progress: bool, byte_range: tuple[int, int | None], first_line: int
+) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, raw line) with a progress bar over the bytes of the file on disk."""
+    start, end = byte_range
+    with open(path, "rb") as raw:
+        raw.seek(start)
+        stream = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
+        stop = math.inf if end is None else end
+        total = (path.stat().st_size if end is None else end) - start
+        # No bar object at all without progress: reading in forked workers must not touch tqdm's lock.
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name) if progress else None
+        try:
+            pos = start
+            for line_no, line in enumerate(stream, first_line):
+                if pos >= stop:
+                    break
+                pos += len(line)
+                # Updating the bar every line costs more than the parsing; update it in steps instead.
+                if bar is not None and line_no % _PROGRESS_EVERY == 0:
+                    bar.update(raw.tell() - start - bar.n)
+                yield line_no, line
+            if bar is not None:
+                bar.update(min(raw.tell() - start, total) - bar.n)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _jsonl_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, dict | SpinnError]]:
+    for line_no, line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            yield line_no, SpinnError(f"{at(str(path), line_no)}: bad JSON ({err})")
+            continue
+        if not isinstance(row, dict):
+            row = SpinnError(f"{at(str(path), line_no)}: expected a JSON object, found {type(row).__name__}")
+        yield line_no, row
+
+
+def _tsv_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, dict | SpinnError]]:
+    header: list[str] | None = None
+    for line_no, line in lines:
+        try:
+            text = line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            yield line_no, SpinnError(f"{at(str(path), line_no)}: not UTF-8 ({err})")
+            continue
+        if header is None:
+            header = text.split("\t")
+            missing = [name for name in REQUIRED_FIELDS if name not in header]
+            if missing:
+                raise SpinnError(
+                    f"{at(str(path), line_no)}: header lacks column(s) {', '.join(missing)}; "
+                    f"found {', '.join(header)}"
+                )
+            continue
+        if not text.strip():
+            continue
+        # Short rows leave trailing columns absent, which the field check reports by name.
+        yield line_no, dict(zip(header, text.split("\t"), strict=False))
+    if header is None:
+        raise SpinnError(f"{path}: empty file, expected a header line")

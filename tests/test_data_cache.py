@@ -1,0 +1,143 @@
+import json
+import os
+
+import pytest
+import torch
+
+import spinn.data.cache as cache
+from spinn.data.cache import NLITable, load_nli
+from spinn.data.snli import read_nli
+from spinn.errors import SpinnError
+
+ROWS = [
+    {
+        "gold_label": "entailment",
+        "sentence1_binary_parse": "( ( A dog ) runs )",
+        "sentence2_binary_parse": "( The ( dog moves ) )",
+        "pairID": "p1",
+    },
+    {"gold_label": "-", "sentence1_binary_parse": "a", "sentence2_binary_parse": "b", "pairID": "p2"},
+    {
+        "gold_label": "neutral",
+        "sentence1_binary_parse": "Dogs",
+        "sentence2_binary_parse": "( A ( cat . ) )",
+        "pairID": "p3",
+        "genre": "fiction",
+    },
+]
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "src" / "d.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path
+
+
+def _no_reading(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("read_nli called although the cache is fresh")
+
+    monkeypatch.setattr(cache, "read_nli", fail)
+
+
+def test_table_columns_match_the_examples(source):
+    data = read_nli(source, progress=False)
+    t = NLITable.from_examples(data.examples, no_gold=data.no_gold)
+    assert len(t) == 2 and t.no_gold == 1 and t.pair_ids == ["p1", "p3"]
+    assert t.words == ["A", "dog", "runs", "Dogs", "The", "moves", "cat", "."]
+    assert t.counts()["dog"] == 2
+    assert t.premise_offsets.tolist() == [0, 3, 4] and t.hypothesis_offsets.tolist() == [0, 3, 6]
+    assert t.premise_transitions.tolist() == [0, 0, 1, 0, 1, 0]
+    assert t.labels.tolist() == [0, 1] and t.genres == [None, "fiction"]
+
+
+def test_second_load_comes_from_the_cache(source, tmp_path, monkeypatch):
+    first = load_nli(source, cache_dir=tmp_path / "c", progress=False)
+    files = os.listdir(tmp_path / "c")
+    assert files == ["d.jsonl.nli.pt"]
+    # Plain tensors and containers: loadable without unpickling arbitrary objects.
+    torch.load(tmp_path / "c" / files[0], weights_only=True)
+    _no_reading(monkeypatch)
+    second = load_nli(source, cache_dir=tmp_path / "c", progress=False)
+    assert second.pair_ids == first.pair_ids and second.words == first.words
+    assert torch.equal(second.hypothesis_transitions, first.hypothesis_transitions)
+
+
+def test_default_cache_sits_next_to_the_source(source):
+    load_nli(source, progress=False)
+    assert (source.parent / "d.jsonl.nli.pt").is_file()
+
+
+def test_options_get_their_own_cache(source, tmp_path):
+    lower = load_nli(source, lowercase=True, cache_dir=tmp_path, progress=False)
+    cased = load_nli(source, cache_dir=tmp_path, progress=False)
+    assert "a" in lower.words and "A" in cased.words
+
+
+def test_a_changed_source_rebuilds_the_cache(source, tmp_path):
+    load_nli(source, cache_dir=tmp_path, progress=False)
+    source.write_text(json.dumps(ROWS[0]) + "\n")
+    os.utime(source, ns=(1, 1))
+    assert load_nli(source, cache_dir=tmp_path, progress=False).pair_ids == ["p1"]
+
+
+def test_a_corrupt_cache_is_rebuilt_with_a_warning(source, tmp_path):
+    (tmp_path / "d.jsonl.nli.pt").write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="unreadable cache"):
+        assert len(load_nli(source, cache_dir=tmp_path, progress=False)) == 2
+    assert len(load_nli(source, cache_dir=tmp_path, progress=False)) == 2
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_an_unwritable_cache_folder_only_warns(source, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="cannot write the cache"):
+        assert len(load_nli(source, cache_dir=blocker / "sub", progress=False)) == 2
+
+
+def test_a_file_without_gold_rows_caches_an_empty_table(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(ROWS[1]) + "\n")
+    load_nli(path, cache_dir=tmp_path, progress=False)
+    table = load_nli(path, cache_dir=tmp_path, progress=False)
+    assert (len(table), table.no_gold, table.words, table.premise_offsets.tolist()) == (0, 1, [], [0])
+
+
+def _decoded(table):
+    """The table with word ids replaced by words: equal for equal content, whatever the word order."""
+    out = {k: v for k, v in table.__dict__.items() if k not in ("words", "word_counts")}
+    for side in ("premise_ids", "hypothesis_ids"):
+        out[side] = [table.words[i] for i in out[side].tolist()]
+    out["counts"] = table.counts()
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+
+def test_parallel_reading_gives_the_serial_table(tmp_path, monkeypatch):
+    rows = [
+        {
+            **ROWS[i % 3],
+            "sentence2_binary_parse": f"( w{i} x{i % 7} )",
+            "pairID": f"r{i}",
+            "genre": "g" if i % 5 == 0 else None,
+        }
+        for i in range(50)
+    ]
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(cache, "PARALLEL_MIN_BYTES", 0)
+    serial = _decoded(load_nli(path, use_cache=False, progress=False))
+    assert len(serial["pair_ids"]) == 33 and serial["no_gold"] == 17
+    for workers in (2, 3, 7):
+        assert _decoded(load_nli(path, use_cache=False, workers=workers)) == serial
+
+
+def test_parallel_reading_reports_the_true_line(tmp_path, monkeypatch):
+    rows = [json.dumps(ROWS[0])] * 40 + ['{"bad json'] + [json.dumps(ROWS[0])] * 5
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(cache, "PARALLEL_MIN_BYTES", 0)
+    with pytest.raises(SpinnError, match="big.jsonl:41: bad JSON"):
+        load_nli(path, use_cache=False, workers=3)

@@ -1,0 +1,158 @@
+import functools
+import hashlib
+import http.server
+import runpy
+import stat
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from spinn.data import download as dl
+from spinn.errors import SpinnError
+
+FILES = {"snli_1.0/snli_1.0_dev.jsonl": b'{"a": 1}\n' * 100, "snli_1.0/README.txt": b"hello\n"}
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download.py"
+
+
+class Server:
+    """Serves a folder on 127.0.0.1 (random port) and counts the requests."""
+
+    def __init__(self, folder):
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the http.server name)
+                server.requests += 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+        )
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "snli_1.0.zip", "w") as zf:
+        for name, data in FILES.items():
+            zf.writestr(name, data)
+    server = Server(folder)
+    yield server, folder
+    server.close()
+
+
+def sha256(path):
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_download_checks_extracts_and_is_idempotent(served, tmp_path):
+    server, folder = served
+    checksum = sha256(folder / "snli_1.0.zip")
+    root = tmp_path / "data"
+    files = dl.download("snli", root, base_url=server.url, checksum=checksum, progress=False)
+    assert sorted(str(p.relative_to(root)) for p in files) == sorted(FILES)
+    for name, data in FILES.items():
+        assert (root / name).read_bytes() == data
+    assert not (root / "snli_1.0.zip").exists() and server.requests == 1
+    again = dl.download("snli", root, base_url=server.url, checksum=checksum, progress=False)
+    assert sorted(again) == sorted(files) and server.requests == 1
+    (root / "snli_1.0/README.txt").unlink()  # an incomplete folder is fetched again
+    dl.download("snli", root, base_url=server.url, checksum=checksum, progress=False)
+    assert (root / "snli_1.0/README.txt").read_bytes() == b"hello\n" and server.requests == 2
+
+
+def test_a_kept_archive_is_verified_not_fetched_again(served, tmp_path):
+    server, folder = served
+    checksum = sha256(folder / "snli_1.0.zip")
+    root = tmp_path / "data"
+    dl.download(
+        "snli", root, url=f"{server.url}/snli_1.0.zip", checksum=checksum, keep_archive=True, progress=False
+    )
+    (root / ".snli.done.json").unlink()
+    dl.download("snli", root, base_url=server.url, checksum=checksum, progress=False)
+    assert server.requests == 1
+
+
+def test_checksum_mismatch_extracts_nothing(served, tmp_path):
+    server, _ = served
+    root = tmp_path / "data"
+    with pytest.raises(SpinnError, match="checksum mismatch, expected md5:0+ but the download has md5:"):
+        dl.download("snli", root, base_url=server.url, checksum="md5:" + "0" * 32, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == []
+
+
+def test_the_table_checksum_applies_by_default(served, tmp_path):
+    # The served archive is not the real SNLI zip, so the published sha256 must reject it.
+    server, _ = served
+    with pytest.raises(SpinnError, match="expected sha256:afb3d70a"):
+        dl.download("snli", tmp_path / "data", base_url=server.url, progress=False)
+
+
+def test_no_known_checksum_warns(served, tmp_path):
+    server, folder = served
+    (folder / "glove.6B.zip").write_bytes((folder / "snli_1.0.zip").read_bytes())
+    with pytest.warns(UserWarning, match="no known checksum for glove.6B.zip"):
+        dl.download("glove.6B", tmp_path / "data", base_url=server.url, progress=False)
+
+
+def _zip_with(path, name, data=b"x", symlink=False):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ok.txt", b"fine")
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, data)
+
+
+@pytest.mark.parametrize(
+    ("member", "symlink"),
+    [
+        ("../escape.txt", False),
+        ("a/../../escape.txt", False),
+        ("/abs/escape.txt", False),
+        ("C:/escape.txt", False),
+        ("link", True),
+    ],
+)
+def test_members_that_escape_are_rejected_before_anything_is_written(tmp_path, member, symlink):
+    archive = tmp_path / "evil.zip"
+    _zip_with(archive, member, b"/etc/passwd" if symlink else b"x", symlink)
+    root = tmp_path / "deep" / "root"
+    root.mkdir(parents=True)
+    with pytest.raises(SpinnError, match="would be written outside"):
+        dl.extract(archive, root)
+    assert list(root.iterdir()) == [] and not (tmp_path / "deep" / "escape.txt").exists()
+
+
+def test_unreachable_address_and_bad_arguments(tmp_path):
+    with pytest.raises(SpinnError, match="download failed"):
+        dl.download("snli", tmp_path, url="http://127.0.0.1:9/none.zip", checksum="md5:00", progress=False)
+    assert not list(tmp_path.glob("*.part"))
+    with pytest.raises(SpinnError, match="unknown resource 'snli2'"):
+        dl.download("snli2", tmp_path)
+    with pytest.raises(SpinnError, match="expected 'sha256:<hex>'"):
+        dl.download("snli", tmp_path, checksum="crc:1")
+
+
+def test_script_reports_errors_with_status_2(served, tmp_path, capsys, monkeypatch):
+    server, folder = served
+    main = runpy.run_path(str(SCRIPT))["main"]
+    args = ["snli", "--root", str(tmp_path / "d"), "--base-url", server.url, "--no-progress"]
+    assert main([*args, "--checksum", "md5:" + "1" * 32]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert main([*args, "--checksum", sha256(folder / "snli_1.0.zip")]) == 0
+    assert "snli: 2 file(s)" in capsys.readouterr().out
