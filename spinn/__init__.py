@@ -1,7 +1,18 @@
 """spinn: the SPINN shift-reduce sentence encoder (Bowman et al. 2016) for PyTorch 2.x."""
 
-from spinn.data.batching import Sentences, pad_sentences
+from spinn.data.batching import (
+    BucketBatchSampler,
+    NLIBatch,
+    NLIDataset,
+    Sentences,
+    collate_nli,
+    pad_sentences,
+)
+from spinn.data.glove import load_glove
+from spinn.data.snli import LABELS, read_nli
+from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError
+from spinn.model import SPINN, NLIClassifier, Reduce, SPINNOutput, Tracker
 from spinn.transitions import (
     REDUCE,
     SHIFT,
@@ -15,6 +26,19 @@ from spinn.transitions import (
 )
 
 __all__ = [
+    "SPINN",
+    "NLIClassifier",
+    "Reduce",
+    "SPINNOutput",
+    "Tracker",
+    "LABELS",
+    "BucketBatchSampler",
+    "NLIBatch",
+    "NLIDataset",
+    "Vocab",
+    "collate_nli",
+    "load_glove",
+    "read_nli",
     "REDUCE",
     "SHIFT",
     "ParseError",

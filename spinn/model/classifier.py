@@ -1,0 +1,167 @@
+"""The NLI classifier: embeddings, one SPINN shared by premise and hypothesis, and an MLP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spinn.data.batching import NLIBatch, Sentences
+from spinn.errors import SpinnError
+from spinn.model.schedule import Schedule
+from spinn.model.spinn import SPINN, SPINNOutput, transition_loss
+from spinn.transitions import PAD
+
+#: SPINN-PI-NT (no Tracker), SPINN-PI (Tracker, parsed transitions), full SPINN (Tracker parses).
+VARIANTS = ("spinn_pi_nt", "spinn_pi", "spinn")
+
+
+@dataclass
+class ClassifierOutput:
+    """What `NLIClassifier.forward` returns.
+
+    Attributes:
+        logits: (B, n_classes) class scores (entailment, neutral, contradiction).
+        transition_loss: scalar, the full SPINN's transition loss over premises and hypotheses already
+            multiplied by ``transition_loss_weight``; None for the other variants. Training loss:
+            ``cross_entropy(logits, labels) + transition_loss`` (`NLIClassifier.loss`).
+        premise, hypothesis: the encoder's output for each side.
+    """
+
+    logits: Tensor
+    transition_loss: Tensor | None
+    premise: SPINNOutput
+    hypothesis: SPINNOutput
+
+
+class NLIClassifier(nn.Module):
+    """Bowman et al. (2016)'s NLI model: features [p; h; p - h; p * h] of the two sentence vectors.
+
+    Args:
+        vocab_size: rows of the embedding table (id 0 is padding).
+        d_embed: size of the word embeddings.
+        d_hidden: size of the SPINN node states.
+        d_tracker: size of the Tracker (ignored by "spinn_pi_nt").
+        variant: one of `VARIANTS`.
+        mlp_layers: hidden layers of the MLP (0 gives a linear classifier on the features).
+        mlp_dim: width of each hidden layer.
+        dropout: dropout rate on the embeddings and in the MLP.
+        batch_norm: batch norm on the MLP input and after each hidden layer.
+        freeze_embeddings: keep the embeddings fixed (the paper's setting with GloVe).
+        embeddings: (vocab_size, d_embed) initial embeddings, for example GloVe rows; random if None.
+        transition_loss_weight: weight of the full SPINN's transition loss.
+        eval_given_transitions: in eval mode let the given parses drive the full SPINN's stack
+            instead of its predictions.
+        n_classes: output classes.
+
+    Raises:
+        SpinnError: an unknown variant or embeddings of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        d_embed: int = 300,
+        d_hidden: int = 300,
+        d_tracker: int = 64,
+        variant: str = "spinn_pi",
+        mlp_layers: int = 1,
+        mlp_dim: int = 1024,
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        freeze_embeddings: bool = True,
+        embeddings: Tensor | None = None,
+        transition_loss_weight: float = 1.0,
+        eval_given_transitions: bool = False,
+        n_classes: int = 3,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise SpinnError(f"variant {variant!r} is unknown, expected one of {', '.join(VARIANTS)}")
+        if embeddings is not None and tuple(embeddings.shape) != (vocab_size, d_embed):
+            raise SpinnError(
+                f"embeddings have shape {tuple(embeddings.shape)}, expected ({vocab_size}, {d_embed}) "
+                f"(vocab_size, d_embed)"
+            )
+        self.variant = variant
+        self.transition_loss_weight = transition_loss_weight
+        self.eval_given_transitions = eval_given_transitions
+        self.embed = nn.Embedding(vocab_size, d_embed, padding_idx=0)
+        if embeddings is not None:
+            with torch.no_grad():
+                self.embed.weight.copy_(embeddings)
+        self.embed.weight.requires_grad_(not freeze_embeddings)
+        self.embed_dropout = nn.Dropout(dropout)
+        self.encoder = SPINN(
+            d_embed,
+            d_hidden,
+            d_tracker=None if variant == "spinn_pi_nt" else d_tracker,
+            predict_transitions=variant == "spinn",
+        )
+        layers: list[nn.Module] = [nn.BatchNorm1d(4 * d_hidden)] if batch_norm else []
+        d_in = 4 * d_hidden
+        for _ in range(mlp_layers):
+            layers += [nn.Dropout(dropout), nn.Linear(d_in, mlp_dim), nn.ReLU()]
+            layers += [nn.BatchNorm1d(mlp_dim)] if batch_norm else []
+            d_in = mlp_dim
+        layers += [nn.Dropout(dropout), nn.Linear(d_in, n_classes)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, batch: NLIBatch, schedule: Schedule | None = None) -> ClassifierOutput:
+        """Classify a batch of pairs.
+
+        Args:
+            batch: premises and hypotheses as `Sentences` (labels are not used here).
+            schedule: optionally `build_schedule` of ``pair_sentences(batch)``, precomputed.
+
+        Returns:
+            `ClassifierOutput`.
+        """
+        pairs = pair_sentences(batch)  # premises then hypotheses, (2B, ...)
+        words = self.embed_dropout(self.embed(pairs.tokens))  # (2B, N, d_embed)
+        given = self.training or self.eval_given_transitions
+        both = self.encoder(
+            words, pairs.transitions, pairs.lengths, use_given_transitions=given, schedule=schedule
+        )
+        n = len(batch.labels)
+        premise, hypothesis = _split(both, pairs.transitions, n)
+        p, h = premise.h, hypothesis.h
+        logits = self.mlp(torch.cat((p, h, p - h, p * h), dim=1))
+        loss = None if both.transition_loss is None else self.transition_loss_weight * both.transition_loss
+        return ClassifierOutput(logits, loss, premise, hypothesis)
+
+    def loss(self, output: ClassifierOutput, labels: Tensor) -> Tensor:
+        """The training loss: cross-entropy of the labels plus the weighted transition loss."""
+        loss = F.cross_entropy(output.logits, labels)
+        return loss if output.transition_loss is None else loss + output.transition_loss
+
+
+def pair_sentences(batch: NLIBatch) -> Sentences:
+    """Premises then hypotheses as one `Sentences` batch of 2B, padded to the longer of the two."""
+    a, b = batch.premise, batch.hypothesis
+    n = max(a.tokens.shape[1], b.tokens.shape[1])
+
+    def widen(s: Sentences) -> tuple[Tensor, Tensor]:
+        extra = n - s.tokens.shape[1]
+        return F.pad(s.tokens, (0, extra)), F.pad(s.transitions, (0, 2 * extra), value=int(PAD))
+
+    (ta, ra), (tb, rb) = widen(a), widen(b)
+    return Sentences(torch.cat((ta, tb)), torch.cat((ra, rb)), torch.cat((a.lengths, b.lengths)))
+
+
+def _split(both: SPINNOutput, transitions: Tensor, n: int) -> tuple[SPINNOutput, SPINNOutput]:
+    def part(rows: slice) -> SPINNOutput:
+        logits = None if both.transition_logits is None else both.transition_logits[rows]
+        return SPINNOutput(
+            h=both.h[rows],
+            transition_logits=logits,
+            transition_loss=None if logits is None else transition_loss(logits, transitions[rows]),
+            predicted_transitions=None
+            if both.predicted_transitions is None
+            else both.predicted_transitions[rows],
+        )
+
+    return part(slice(0, n)), part(slice(n, None))

@@ -1,0 +1,216 @@
+"""Stack pointers and the per-batch schedule of a SPINN forward pass.
+
+The batched stack never moves vectors around. Every node of every tree in a batch of B sentences of
+at most N words owns one row of a node store (see `spinn.model.spinn`):
+
+* row 0 is all zeros and stands for an empty stack or buffer slot;
+* rows ``1 + b * N + i`` are the leaves (word i of sentence b);
+* rows ``1 + B * N + b * (N - 1) + j`` are the internal nodes (the j-th REDUCE of sentence b);
+* the last row is scratch space that absorbs writes nobody reads.
+
+A stack is then a row of node ids, ``_StackPointers.ids`` (B, N + 3): slots 0 and 1 always hold 0 so
+that the top two items of a short stack read as zeros, and the k-th item from the bottom sits in slot
+k + 2. SHIFT writes a leaf id above the top; REDUCE writes a new internal node id over the second item.
+
+When the transitions are given, every id the forward pass needs depends only on them, so
+`build_schedule` works them all out once per batch (on the CPU, for example in a collate function)
+and the step loop only indexes with precomputed tensors: no host round trip per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from spinn.errors import ParseError
+from spinn.transitions import PAD, REDUCE, SHIFT
+
+
+def store_rows(batch_size: int, n_words: int) -> int:
+    """Rows of the node store for a batch: zero row, leaves, internal nodes, scratch row."""
+    return 1 + batch_size * n_words + batch_size * (n_words - 1) + 1
+
+
+class _StackPointers:
+    """The node ids on each sentence's stack, its depth and its buffer position, advanced in batch.
+
+    Used both to build a `Schedule` from given transitions (on the CPU) and, step by step on the
+    model's device, to follow the transitions a full SPINN predicts.
+    """
+
+    def __init__(self, lengths: Tensor, n_words: int) -> None:
+        batch = lengths.shape[0]
+        rows = torch.arange(batch, device=lengths.device)
+        self.lengths = lengths
+        self.ids = torch.zeros(batch, n_words + 3, dtype=torch.long, device=lengths.device)  # (B, N + 3)
+        self.depth = torch.zeros_like(lengths)  # (B,) items on the stack
+        self.buffer = torch.zeros_like(lengths)  # (B,) words shifted so far
+        self.reduced = torch.zeros_like(lengths)  # (B,) REDUCEs so far
+        self.leaf_base = 1 + rows * n_words
+        self.node_base = 1 + batch * n_words + rows * (n_words - 1)
+        self.scratch = store_rows(batch, n_words) - 1
+
+    def can_shift(self) -> Tensor:
+        return self.buffer < self.lengths
+
+    def can_reduce(self) -> Tensor:
+        return self.depth >= 2
+
+    def tracker_ids(self) -> Tensor:
+        """(B, 3) ids of the buffer top, the stack top and the item below it (0 where absent)."""
+        buffer_top = torch.where(self.can_shift(), self.leaf_base + self.buffer, 0)
+        return torch.stack((buffer_top, self.top(), self.second()), dim=1)
+
+    def top(self) -> Tensor:
+        return self.ids.gather(1, (self.depth + 1)[:, None])[:, 0]
+
+    def second(self) -> Tensor:
+        return self.ids.gather(1, self.depth[:, None])[:, 0]
+
+    def advance(self, action: Tensor) -> Tensor:
+        """Apply one transition per sentence (PAD leaves a sentence as it is).
+
+        Returns:
+            (B,) the row id the REDUCE result goes to, or the scratch row where there is no REDUCE.
+        """
+        shift = action == SHIFT
+        reduce = action == REDUCE
+        new_node = self.node_base + self.reduced
+        pos = torch.where(shift, self.depth + 2, self.depth)
+        value = torch.where(shift, self.leaf_base + self.buffer, new_node)
+        value = torch.where(shift | reduce, value, self.ids.gather(1, pos[:, None])[:, 0])
+        self.ids.scatter_(1, pos[:, None], value[:, None])
+        self.depth += shift.long() - reduce.long()
+        self.buffer += shift.long()
+        self.reduced += reduce.long()
+        return torch.where(reduce, new_node, self.scratch)
+
+    def root(self) -> Tensor:
+        """(B,) the id of the bottom stack item: the sentence's tree once all transitions ran."""
+        return self.ids[:, 2]
+
+
+@dataclass
+class Schedule:
+    """Every node id the forward pass over given transitions needs, for one batch.
+
+    Attributes:
+        n_rows: rows of the node store.
+        tracker_ids: (T, B * 3) per step, the ids of (buffer top, stack top, second) of each sentence
+            before the transition, sentence-major.
+        step_batch: (R,) the sentence of each REDUCE, grouped by step.
+        step_children: (2 R,) per step the left children of its REDUCEs, then their right children.
+        step_out: (R,) the row each REDUCE writes, grouped by step.
+        step_offsets: T + 1 ints; step t's REDUCEs are ``step_batch[step_offsets[t]:step_offsets[t+1]]``.
+        level_children, level_out, level_offsets: the same REDUCEs grouped by tree level (a node's level
+            is one more than its higher child's, leaves are level 0), for the encoder without a Tracker.
+        root: (B,) the id of each sentence's root.
+    """
+
+    n_rows: int
+    batch_size: int
+    n_words: int
+    tracker_ids: Tensor
+    step_batch: Tensor
+    step_children: Tensor
+    step_out: Tensor
+    step_offsets: list[int]
+    level_children: Tensor
+    level_out: Tensor
+    level_offsets: list[int]
+    root: Tensor
+
+    def to(self, device: torch.device | str) -> Schedule:
+        move = {
+            k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+            for k, v in self.__dict__.items()
+        }
+        return Schedule(**move)
+
+
+def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
+    """Work out, on the CPU, every node id a forward pass over the given transitions uses.
+
+    Args:
+        transitions: (B, 2N - 1) long, SHIFT/REDUCE right-padded with PAD (`spinn.data.batching`).
+        lengths: (B,) long, the number of words of each sentence (>= 1).
+
+    Raises:
+        ParseError: a sentence's transitions do not build one binary tree over its words, or its
+            padding does not start right after its 2n - 1 transitions.
+    """
+    transitions = transitions.detach().to("cpu", torch.long)
+    lengths = lengths.detach().to("cpu", torch.long)
+    batch, steps = transitions.shape
+    n_words = (steps + 1) // 2
+    _check_padding(transitions, lengths, n_words)
+    pointers = _StackPointers(lengths, n_words)
+    level = torch.zeros(store_rows(batch, n_words), dtype=torch.long)
+    tracker_ids, step_batch, lefts, rights, outs, counts = [], [], [], [], [], []
+    for t in range(steps):
+        action = transitions[:, t]
+        bad = ((action == SHIFT) & ~pointers.can_shift()) | ((action == REDUCE) & ~pointers.can_reduce())
+        if bad.any():
+            b = int(bad.nonzero()[0, 0])
+            what = "SHIFT with an empty buffer" if action[b] == SHIFT else "REDUCE with < 2 stack items"
+            raise ParseError(f"sentence {b} of the batch, transition {t}: {what}")
+        tracker_ids.append(pointers.tracker_ids().reshape(-1))
+        left, right = pointers.second(), pointers.top()
+        out = pointers.advance(action)
+        rows = (action == REDUCE).nonzero()[:, 0]
+        left, right, out = left[rows], right[rows], out[rows]
+        level[out] = torch.maximum(level[left], level[right]) + 1
+        step_batch.append(rows)
+        lefts.append(left)
+        rights.append(right)
+        outs.append(out)
+        counts.append(len(rows))
+    step_out = torch.cat(outs)
+    step_left, step_right = torch.cat(lefts), torch.cat(rights)
+    step_offsets = [0, *torch.tensor(counts, dtype=torch.long).cumsum(0).tolist()]
+    step_children = torch.cat([torch.cat((lefts[t], rights[t])) for t in range(steps)])
+    order = torch.sort(level[step_out], stable=True)
+    by_level = order.indices
+    level_counts = torch.bincount(order.values, minlength=1)[1:]  # levels 1..height
+    level_offsets = [0, *level_counts.cumsum(0).tolist()]
+    level_children = torch.cat(
+        [
+            torch.cat((step_left[by_level[lo:hi]], step_right[by_level[lo:hi]]))
+            for lo, hi in zip(level_offsets[:-1], level_offsets[1:], strict=True)
+        ]
+        or [torch.zeros(0, dtype=torch.long)]
+    )
+    return Schedule(
+        n_rows=store_rows(batch, n_words),
+        batch_size=batch,
+        n_words=n_words,
+        tracker_ids=torch.stack(tracker_ids),
+        step_batch=torch.cat(step_batch),
+        step_children=step_children,
+        step_out=step_out,
+        step_offsets=step_offsets,
+        level_children=level_children,
+        level_out=step_out[by_level],
+        level_offsets=level_offsets,
+        root=pointers.root(),
+    )
+
+
+def _check_padding(transitions: Tensor, lengths: Tensor, n_words: int) -> None:
+    if transitions.shape[1] != 2 * n_words - 1:
+        raise ParseError(f"transitions have {transitions.shape[1]} steps, expected an odd number 2N - 1")
+    if len(lengths) != len(transitions):
+        raise ParseError(f"{len(lengths)} lengths for {len(transitions)} transition sequences")
+    if (lengths < 1).any() or (lengths > n_words).any():
+        b = int(((lengths < 1) | (lengths > n_words)).nonzero()[0, 0])
+        raise ParseError(f"sentence {b} of the batch has length {int(lengths[b])}, expected 1..{n_words}")
+    real = torch.arange(transitions.shape[1])[None, :] < (2 * lengths - 1)[:, None]
+    wrong = real == (transitions == PAD)
+    if wrong.any():
+        b, t = (int(i) for i in wrong.nonzero()[0])
+        raise ParseError(
+            f"sentence {b} of the batch ({int(lengths[b])} words, {2 * int(lengths[b]) - 1} transitions): "
+            f"transition {t} is {int(transitions[b, t])}, expected {'SHIFT/REDUCE' if real[b, t] else 'PAD'}"
+        )

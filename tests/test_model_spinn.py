@@ -1,0 +1,358 @@
+"""The batched SPINN against a plain reference, batch invariance, predicted parses, gradients.
+
+The reference (one sentence at a time) reads the weights of a `spinn.model.SPINN` but none of its
+code: the TreeLSTM walks the tree recursively, the Tracker walks the transitions with a list stack
+and a list buffer.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from spinn import pad_sentences
+from spinn.errors import ParseError, SpinnError
+from spinn.model import SPINN, build_schedule
+from spinn.transitions import (
+    PAD,
+    REDUCE,
+    SHIFT,
+    balanced,
+    parse_to_transitions,
+    right_branching,
+    validate_transitions,
+)
+
+
+def _leaf(model: SPINN, word: Tensor) -> tuple[Tensor, Tensor]:
+    hc = model.leaf.weight @ word + model.leaf.bias
+    return hc[: model.d_hidden], hc[model.d_hidden :]
+
+
+def _tree_lstm(model: SPINN, left, right, tracking: Tensor | None) -> tuple[Tensor, Tensor]:
+    d = model.d_hidden
+    w, b = model.reduce.gates.weight, model.reduce.gates.bias
+    z = w[:, :d] @ left[0] + w[:, d : 2 * d] @ right[0] + b
+    if tracking is not None:
+        z = z + w[:, 2 * d :] @ tracking
+    i, f_left, f_right, o, g = (z[k * d : (k + 1) * d] for k in range(5))
+    c = torch.sigmoid(f_left) * left[1] + torch.sigmoid(f_right) * right[1] + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _tree(transitions: list[int]):
+    """Nested pairs of word indices, e.g. ((0, 1), 2)."""
+    stack, word = [], 0
+    for t in transitions:
+        if t == SHIFT:
+            stack.append(word)
+            word += 1
+        else:
+            right, left = stack.pop(), stack.pop()
+            stack.append((left, right))
+    (tree,) = stack
+    return tree
+
+
+def reference_tree_lstm(model: SPINN, words: Tensor, transitions: list[int]) -> Tensor:
+    """SPINN-PI-NT: the root's h, composing the tree recursively. words (n, d_input)."""
+
+    def encode(node):
+        if isinstance(node, int):
+            return _leaf(model, words[node])
+        return _tree_lstm(model, encode(node[0]), encode(node[1]), None)
+
+    return encode(_tree(transitions))[0]
+
+
+def reference_tracked(model: SPINN, words: Tensor, transitions: list[int]) -> tuple[Tensor, Tensor | None]:
+    """SPINN-PI / SPINN: the root's h and the (2n - 1, 2) transition logits (or None)."""
+    tracker = model.tracker
+    dt = tracker.d_tracker
+    w, b = tracker.gates.weight, tracker.gates.bias
+    zero = words.new_zeros(model.d_hidden)
+    buffer = [_leaf(model, words[i]) for i in range(len(words))]
+    stack: list[tuple[Tensor, Tensor]] = []
+    h, c = words.new_zeros(dt), words.new_zeros(dt)
+    logits = []
+    for t in transitions:
+        x = torch.cat(
+            (
+                buffer[0][0] if buffer else zero,
+                stack[-1][0] if stack else zero,
+                stack[-2][0] if len(stack) > 1 else zero,
+                h,
+            )
+        )
+        z = w @ x + b
+        i, f, g, o = (z[k * dt : (k + 1) * dt] for k in range(4))
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        if model.transition_head is not None:
+            logits.append(model.transition_head.weight @ h + model.transition_head.bias)
+        if t == SHIFT:
+            stack.append(buffer.pop(0))
+        else:
+            assert t == REDUCE
+            right, left = stack.pop(), stack.pop()
+            stack.append(_tree_lstm(model, left, right, h))
+    (root,) = stack
+    return root[0], torch.stack(logits) if logits else None
+
+
+def read_parses(path: Path, n: int) -> list[tuple[list[str], list[int]]]:
+    """The first n premises and hypotheses of an SNLI jsonl file, as (words, transitions)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            for key in ("sentence1_binary_parse", "sentence2_binary_parse"):
+                words, trans = parse_to_transitions(row[key])
+                out.append((words, [int(t) for t in trans]))
+            if len(out) >= n:
+                break
+    return out[:n]
+
+
+VARIANTS = {"spinn_pi_nt": (None, False), "spinn_pi": (6, False), "spinn": (6, True)}
+
+
+def make_model(variant: str, d_input: int = 7, d_hidden: int = 5, seed: int = 0) -> SPINN:
+    torch.manual_seed(seed)
+    d_tracker, predict = VARIANTS[variant]
+    return SPINN(d_input, d_hidden, d_tracker, predict)
+
+
+def random_transitions(n: int, rng: random.Random) -> list[int]:
+    """A uniformly chosen valid sequence step by step: any allowed move with equal odds."""
+    out, depth, shifted = [], 0, 0
+    while len(out) < 2 * n - 1:
+        moves = ([SHIFT] if shifted < n else []) + ([REDUCE] if depth >= 2 else [])
+        move = rng.choice(moves)
+        out.append(int(move))
+        depth += 1 if move == SHIFT else -1
+        shifted += move == SHIFT
+    return out
+
+
+def random_batch(lengths: list[int], d_input: int, seed: int):
+    rng = random.Random(seed)
+    transitions = [random_transitions(n, rng) for n in lengths]
+    s = pad_sentences([[1] * n for n in lengths], transitions)
+    torch.manual_seed(seed)
+    words = torch.randn(len(lengths), s.tokens.shape[1], d_input)
+    return words, s.transitions, s.lengths, transitions
+
+
+def reference(model: SPINN, words: Tensor, lengths: Tensor, transitions: list[list[int]]):
+    hs, logits = [], []
+    for b, trans in enumerate(transitions):
+        w = words[b, : int(lengths[b])]
+        if model.tracker is None:
+            hs.append(reference_tree_lstm(model, w, trans))
+        else:
+            h, lg = reference_tracked(model, w, trans)
+            hs.append(h)
+            logits.append(lg)
+    return torch.stack(hs), (torch.cat(logits) if logits and logits[0] is not None else None)
+
+
+def loss_and_grads(model: SPINN, h: Tensor, logits: Tensor | None, targets: Tensor | None):
+    """A loss touching every output: weighted h, plus the transition cross-entropy for a full SPINN."""
+    model.zero_grad()
+    weight = torch.linspace(-1, 1, h.numel()).view_as(h)
+    loss = (h * weight).sum()
+    if logits is not None:
+        loss = loss + torch.nn.functional.cross_entropy(logits, targets)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def check_against_reference(variant: str, words, transitions, lengths, seqs, atol=1e-5):
+    model = make_model(variant, d_input=words.shape[2])
+    out = model(words, transitions, lengths, use_given_transitions=True)
+    real = transitions[transitions != PAD]
+    logits = None if out.transition_logits is None else out.transition_logits[transitions != PAD]
+    grads = loss_and_grads(model, out.h, logits, real)
+    ref_h, ref_logits = reference(model, words, lengths, seqs)
+    ref_grads = loss_and_grads(model, ref_h, ref_logits, real)
+    torch.testing.assert_close(out.h, ref_h, atol=atol, rtol=1e-5)
+    if ref_logits is not None:
+        torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=1e-5)
+        assert out.transition_loss.item() == pytest.approx(
+            torch.nn.functional.cross_entropy(ref_logits, real).item(), abs=1e-5
+        )
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=atol, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_reference_on_random_trees(variant, seed):
+    lengths = random.Random(seed).choices(range(1, 15), k=7)
+    words, transitions, lengths_t, seqs = random_batch(lengths, 7, seed)
+    check_against_reference(variant, words, transitions, lengths_t, seqs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_reference_on_real_parses(variant, data_dir):
+    parses = read_parses(data_dir / "snli_1.0" / "snli_1.0_dev.jsonl", 24)
+    s = pad_sentences([[1] * len(w) for w, _ in parses], [t for _, t in parses])
+    torch.manual_seed(3)
+    words = torch.randn(len(parses), s.tokens.shape[1], 7)
+    check_against_reference(variant, words, s.transitions, s.lengths, [t for _, t in parses])
+
+
+@pytest.mark.parametrize(
+    "variant, follow_predictions",
+    [("spinn_pi_nt", False), ("spinn_pi", False), ("spinn", False), ("spinn", True)],
+)
+def test_padding_does_not_change_an_example(variant, follow_predictions):
+    words, transitions, lengths, _ = random_batch([9, 2, 17, 1, 9, 12], 7, seed=5)
+    model = make_model(variant).eval()
+    with torch.no_grad():
+        batched = model(words, transitions, lengths, use_given_transitions=not follow_predictions)
+        for b in range(len(lengths)):
+            n = int(lengths[b])
+            alone = model(
+                words[b : b + 1, :n],
+                transitions[b : b + 1, : 2 * n - 1],
+                lengths[b : b + 1],
+                use_given_transitions=not follow_predictions,
+            )
+            torch.testing.assert_close(alone.h[0], batched.h[b], atol=1e-6, rtol=0)
+            if alone.transition_logits is not None:
+                torch.testing.assert_close(
+                    alone.transition_logits[0], batched.transition_logits[b, : 2 * n - 1], atol=1e-6, rtol=0
+                )
+                assert torch.equal(
+                    alone.predicted_transitions[0], batched.predicted_transitions[b, : 2 * n - 1]
+                )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 60), min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+    reduce_bias=st.floats(-8, 8),
+)
+def test_predicted_transitions_are_always_valid(lengths, seed, reduce_bias):
+    model = make_model("spinn", seed=seed).eval()
+    with torch.no_grad():
+        model.transition_head.bias[1] += reduce_bias  # from "always SHIFT" to "always REDUCE"
+        n_words = max(lengths)
+        words = torch.randn(len(lengths), n_words, 7)
+        out = model(words, None, torch.tensor(lengths))
+    assert out.transition_loss is None
+    for b, n in enumerate(lengths):
+        seq = out.predicted_transitions[b].tolist()
+        validate_transitions(seq[: 2 * n - 1], n)
+        assert all(t == PAD for t in seq[2 * n - 1 :])
+
+
+def test_transition_loss_is_positive_and_falls_with_training(data_dir):
+    parses = read_parses(data_dir / "snli_1.0" / "snli_1.0_train_0.01.jsonl", 16)
+    s = pad_sentences([[1] * len(w) for w, _ in parses], [t for _, t in parses])
+    model = make_model("spinn")
+    torch.manual_seed(0)
+    words = torch.randn(len(parses), s.tokens.shape[1], 7)
+    optim = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(40):
+        loss = model(words, s.transitions, s.lengths).transition_loss
+        losses.append(loss.item())
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    assert losses[0] > 0.3
+    assert min(losses[-5:]) < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradcheck_float64(variant):
+    model = make_model(variant, d_input=3, d_hidden=2).double()
+    words, transitions, lengths, _ = random_batch([3, 1, 4], 3, seed=7)
+    words = words.double().requires_grad_()
+
+    def encode(w):
+        out = model(w, transitions, lengths, use_given_transitions=True)
+        return out.h if out.transition_logits is None else (out.h, out.transition_logits)
+
+    assert torch.autograd.gradcheck(encode, (words,), eps=1e-6, atol=1e-5)
+
+
+def test_schedule_composes_a_level_at_a_time():
+    s = pad_sentences([[1] * 8, [1] * 5], [balanced(8), right_branching(5)])
+    schedule = build_schedule(s.transitions, s.lengths)
+    # Tree heights 3 and 4: four batched calls, the first three composing nodes of both trees.
+    assert schedule.level_offsets == [0, 5, 8, 10, 11]
+    assert schedule.step_offsets[-1] == 7 + 4
+
+
+@pytest.mark.parametrize(
+    "transitions, lengths, message",
+    [
+        ([[REDUCE, SHIFT, SHIFT]], [2], "REDUCE with < 2 stack items"),
+        ([[SHIFT, SHIFT, SHIFT]], [2], "SHIFT with an empty buffer"),
+        ([[SHIFT, SHIFT, REDUCE]], [1], "transition 1 is 0, expected PAD"),
+        ([[SHIFT, PAD, PAD]], [2], "transition 1 is 2, expected SHIFT/REDUCE"),
+    ],
+)
+def test_invalid_transitions_are_reported(transitions, lengths, message):
+    with pytest.raises(ParseError, match=message):
+        build_schedule(torch.tensor(transitions), torch.tensor(lengths))
+
+
+def test_mismatched_shapes_are_reported():
+    model = make_model("spinn_pi")
+    words, transitions, lengths, _ = random_batch([3, 2], 7, seed=0)
+    with pytest.raises(SpinnError, match=r"expected \(batch, words, 7\)"):
+        model(words[:, :, :4], transitions, lengths)
+    with pytest.raises(SpinnError, match=r"expected \(2, 5\)"):
+        model(words, transitions[:, :3], lengths)
+    with pytest.raises(SpinnError, match="needs a Tracker"):
+        SPINN(7, 5, None, predict_transitions=True)
+
+
+def test_readme_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Using SPINN in your own model", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["loss"].item() > 0
+    assert all(p.grad is not None for p in namespace["model"].encoder.parameters())
+
+
+def test_a_finished_batch_frees_its_node_store():
+    from spinn.model.spinn import _Rows
+
+    model = make_model("spinn")
+    words, transitions, lengths, _ = random_batch([4, 6], 7, seed=1)
+    for _ in range(3):
+        out = model(words, transitions, lengths)
+        (out.h.sum() + out.transition_loss).backward()
+    del out
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is _Rows]
+
+
+def test_a_precomputed_schedule_gives_the_same_result():
+    model = make_model("spinn_pi")
+    words, transitions, lengths, _ = random_batch([5, 3, 8], 7, seed=2)
+    schedule = build_schedule(transitions, lengths)
+    assert torch.equal(
+        model(words, transitions, lengths, schedule=schedule).h, model(words, transitions, lengths).h
+    )
+    other = build_schedule(transitions[:2], lengths[:2])
+    with pytest.raises(SpinnError, match="schedule is for 2 sentences of 8 words, the batch has 3"):
+        model(words, transitions, lengths, schedule=other)
