@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from spinn.data.snli import NLIExample
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.transitions import PAD
+
+if TYPE_CHECKING:
+    from spinn.model.schedule import Schedule
 
 
 @dataclass
@@ -61,6 +64,8 @@ class NLIBatch:
     hypothesis: Sentences
     labels: torch.Tensor  # (B,) long, indices into spinn.data.snli.LABELS
     pair_ids: list[str]
+    #: `build_schedule` of `pair_sentences(self)` when the collate step precomputed it (else None).
+    schedule: Schedule | None = None
 
     def to(self, device: torch.device | str) -> NLIBatch:
         return NLIBatch(
@@ -68,6 +73,7 @@ class NLIBatch:
             self.hypothesis.to(device),
             self.labels.to(device, non_blocking=True),
             self.pair_ids,
+            None if self.schedule is None else self.schedule.to(device),
         )
 
     def __len__(self) -> int:
@@ -128,9 +134,18 @@ class NLIDataset(Dataset):
         )
 
 
-def collate_nli(items: Sequence[NLIItem]) -> NLIBatch:
-    """Pad a list of `NLIDataset` items into an `NLIBatch` (use as a DataLoader's ``collate_fn``)."""
-    return NLIBatch(
+def collate_nli(items: Sequence[NLIItem], *, schedule: bool = False) -> NLIBatch:
+    """Pad a list of `NLIDataset` items into an `NLIBatch` (use as a DataLoader's ``collate_fn``).
+
+    Args:
+        items: the examples of one batch.
+        schedule: also work out the encoder's `Schedule` for the batch here (in a DataLoader worker,
+            off the training loop's critical path); `NLIClassifier` uses it instead of building its own.
+
+    Raises:
+        ParseError: with ``schedule``, transitions that do not build one tree per sentence.
+    """
+    batch = NLIBatch(
         premise=pad_sentences([it.premise for it in items], [it.premise_transitions for it in items]),
         hypothesis=pad_sentences(
             [it.hypothesis for it in items], [it.hypothesis_transitions for it in items]
@@ -138,6 +153,29 @@ def collate_nli(items: Sequence[NLIItem]) -> NLIBatch:
         labels=torch.tensor([it.label for it in items], dtype=torch.long),
         pair_ids=[it.pair_id for it in items],
     )
+    if schedule:
+        # Imported here: spinn.model imports this module (its classifier takes an NLIBatch).
+        from spinn.model.schedule import build_schedule
+
+        pairs = pair_sentences(batch)
+        batch.schedule = build_schedule(pairs.transitions, pairs.lengths)
+    return batch
+
+
+def pair_sentences(batch: NLIBatch) -> Sentences:
+    """Premises then hypotheses as one `Sentences` batch of 2B, padded to the longer of the two."""
+    a, b = batch.premise, batch.hypothesis
+    n = max(a.tokens.shape[1], b.tokens.shape[1])
+
+    def widen(s: Sentences) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = n - s.tokens.shape[1]
+        return (
+            torch.nn.functional.pad(s.tokens, (0, extra)),
+            torch.nn.functional.pad(s.transitions, (0, 2 * extra), value=int(PAD)),
+        )
+
+    (ta, ra), (tb, rb) = widen(a), widen(b)
+    return Sentences(torch.cat((ta, tb)), torch.cat((ra, rb)), torch.cat((a.lengths, b.lengths)))
 
 
 class BucketBatchSampler(Sampler[list[int]]):

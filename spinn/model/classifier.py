@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinn.data.batching import NLIBatch, Sentences
+from spinn.data.batching import NLIBatch, pair_sentences
 from spinn.errors import SpinnError
 from spinn.model.schedule import Schedule
 from spinn.model.spinn import SPINN, SPINNOutput, transition_loss
-from spinn.transitions import PAD
 
 #: SPINN-PI-NT (no Tracker), SPINN-PI (Tracker, parsed transitions), full SPINN (Tracker parses).
 VARIANTS = ("spinn_pi_nt", "spinn_pi", "spinn")
@@ -115,7 +114,8 @@ class NLIClassifier(nn.Module):
 
         Args:
             batch: premises and hypotheses as `Sentences` (labels are not used here).
-            schedule: optionally `build_schedule` of ``pair_sentences(batch)``, precomputed.
+            schedule: optionally `build_schedule` of ``pair_sentences(batch)``, precomputed; by default
+                ``batch.schedule`` (filled by ``collate_nli(..., schedule=True)``), else built here.
 
         Returns:
             `ClassifierOutput`.
@@ -123,6 +123,7 @@ class NLIClassifier(nn.Module):
         pairs = pair_sentences(batch)  # premises then hypotheses, (2B, ...)
         words = self.embed_dropout(self.embed(pairs.tokens))  # (2B, N, d_embed)
         given = self.training or self.eval_given_transitions
+        schedule = batch.schedule if schedule is None else schedule
         both = self.encoder(
             words, pairs.transitions, pairs.lengths, use_given_transitions=given, schedule=schedule
         )
@@ -137,19 +138,6 @@ class NLIClassifier(nn.Module):
         """The training loss: cross-entropy of the labels plus the weighted transition loss."""
         loss = F.cross_entropy(output.logits, labels)
         return loss if output.transition_loss is None else loss + output.transition_loss
-
-
-def pair_sentences(batch: NLIBatch) -> Sentences:
-    """Premises then hypotheses as one `Sentences` batch of 2B, padded to the longer of the two."""
-    a, b = batch.premise, batch.hypothesis
-    n = max(a.tokens.shape[1], b.tokens.shape[1])
-
-    def widen(s: Sentences) -> tuple[Tensor, Tensor]:
-        extra = n - s.tokens.shape[1]
-        return F.pad(s.tokens, (0, extra)), F.pad(s.transitions, (0, 2 * extra), value=int(PAD))
-
-    (ta, ra), (tb, rb) = widen(a), widen(b)
-    return Sentences(torch.cat((ta, tb)), torch.cat((ra, rb)), torch.cat((a.lengths, b.lengths)))
 
 
 def _split(both: SPINNOutput, transitions: Tensor, n: int) -> tuple[SPINNOutput, SPINNOutput]:

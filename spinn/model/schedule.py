@@ -98,10 +98,17 @@ class Schedule:
 
     Attributes:
         n_rows: rows of the node store.
-        tracker_ids: (T, B * 3) per step, the ids of (buffer top, stack top, second) of each sentence
-            before the transition, sentence-major.
-        step_batch: (R,) the sentence of each REDUCE, grouped by step.
-        step_children: (2 R,) per step the left children of its REDUCEs, then their right children.
+        tracker_order: (B,) the sentences from the longest to the shortest (stable): the Tracker works
+            on them in this order, so that the sentences still running at step t are the first
+            ``tracker_active[t]`` and a step reads a prefix instead of gathering.
+        tracker_active: T ints, how many sentences have a real (non-PAD) transition at each step.
+        tracker_buffer: (T, B) per step, the id of each sentence's buffer top (a leaf, or 0 when the
+            buffer is empty) before the transition, in ``tracker_order``.
+        tracker_stack: (T, B * 2) per step, the ids of each sentence's stack top and the item below it,
+            sentence-major in ``tracker_order``.
+        step_batch: (R,) the position in ``tracker_order`` of the sentence of each REDUCE, grouped by step.
+        step_children: (2 R,) the (left, right) children of each REDUCE in turn, grouped by step: gathering
+            their rows gives (2 M, D) that views as (M, 2 D) [h_left; h_right] with no copy.
         step_out: (R,) the row each REDUCE writes, grouped by step.
         step_offsets: T + 1 ints; step t's REDUCEs are ``step_batch[step_offsets[t]:step_offsets[t+1]]``.
         level_children, level_out, level_offsets: the same REDUCEs grouped by tree level (a node's level
@@ -112,7 +119,10 @@ class Schedule:
     n_rows: int
     batch_size: int
     n_words: int
-    tracker_ids: Tensor
+    tracker_order: Tensor
+    tracker_active: list[int]
+    tracker_buffer: Tensor
+    tracker_stack: Tensor
     step_batch: Tensor
     step_children: Tensor
     step_out: Tensor
@@ -170,24 +180,25 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     step_out = torch.cat(outs)
     step_left, step_right = torch.cat(lefts), torch.cat(rights)
     step_offsets = [0, *torch.tensor(counts, dtype=torch.long).cumsum(0).tolist()]
-    step_children = torch.cat([torch.cat((lefts[t], rights[t])) for t in range(steps)])
+    step_children = torch.stack((step_left, step_right), dim=1).reshape(-1)
     order = torch.sort(level[step_out], stable=True)
     by_level = order.indices
     level_counts = torch.bincount(order.values, minlength=1)[1:]  # levels 1..height
     level_offsets = [0, *level_counts.cumsum(0).tolist()]
-    level_children = torch.cat(
-        [
-            torch.cat((step_left[by_level[lo:hi]], step_right[by_level[lo:hi]]))
-            for lo, hi in zip(level_offsets[:-1], level_offsets[1:], strict=True)
-        ]
-        or [torch.zeros(0, dtype=torch.long)]
-    )
+    level_children = step_children.view(-1, 2)[by_level].reshape(-1)
+    tracker_ids = torch.stack(tracker_ids).view(steps, batch, 3)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(batch)
     return Schedule(
         n_rows=store_rows(batch, n_words),
         batch_size=batch,
         n_words=n_words,
-        tracker_ids=torch.stack(tracker_ids),
-        step_batch=torch.cat(step_batch),
+        tracker_order=order,
+        tracker_active=(2 * lengths - 1 > torch.arange(steps)[:, None]).sum(1).tolist(),
+        tracker_buffer=tracker_ids[:, order, 0].contiguous(),
+        tracker_stack=tracker_ids[:, order, 1:].reshape(steps, batch * 2),
+        step_batch=rank[torch.cat(step_batch)],
         step_children=step_children,
         step_out=step_out,
         step_offsets=step_offsets,

@@ -2,21 +2,22 @@
 
 How the batched stack is stored
 -------------------------------
-* **Node store** ``(R, 2 * d_hidden)``: one row per node of every tree in the batch holding its
-  ``[h; c]`` -- row 0 is zeros (an empty slot), then one leaf row per word, one row per REDUCE result
-  and a scratch row (layout in `spinn.model.schedule`). Each row is written once.
+* **Node store**: one row per node of every tree in the batch holding its h and c -- row 0 is zeros
+  (an empty slot), then one leaf row per word, one row per REDUCE result and a scratch row (layout in
+  `spinn.model.schedule`). Each row is written once.
 * **Stacks and buffers** hold node *ids*, never vectors. SHIFT pushes a leaf's id; REDUCE reads the
   rows of the top two ids, composes them and writes the result to a fresh row whose id replaces them.
-  With given transitions every id is known in advance (`build_schedule`); a full SPINN that follows
-  its own predictions advances the ids on the device (`_StackPointers`).
-* The store is written in place *outside* autograd: `_Write` and `_Read` are autograd Functions whose
-  backward moves gradients through a gradient store of the same shape. Autograd through in-place
-  writes to one tensor would copy the whole buffer's gradient at every step (quadratic in length);
-  here a step costs the same however many came before. A chain of scalar "tokens" from each write to
-  the next read and write orders the backward: every read of a row finishes before its write's
-  backward picks the row's gradient up.
-* Without a Tracker nothing depends on the order of REDUCEs, so all nodes of one tree level (whose
-  children are ready) are composed in one call; with a Tracker the loop runs over the 2N - 1 steps.
+* **Given transitions** (training, SPINN-PI, SPINN-PI-NT): every id is known in advance
+  (`build_schedule`, which a collate function can run), and the whole loop is one autograd Function
+  with a hand-written backward (`spinn.model.fused`): no autograd bookkeeping per step, weight
+  gradients in one matmul over all steps, no host round trip. Without a Tracker nothing depends on
+  the order of REDUCEs, so all nodes of one tree level are composed in one call (tree height steps);
+  with a Tracker the loop runs over the 2N - 1 steps, each on the sentences not yet finished.
+* **Predicted transitions** (full SPINN at evaluation): the ids advance on the device step by step
+  (`_StackPointers`); the store is written in place outside autograd by `_Write` and `_Read`, whose
+  backward moves gradients through a gradient store of the same shape (autograd through in-place
+  writes to one tensor would copy the whole buffer's gradient at every step: quadratic in length).
+  A chain of scalar "tokens" from each write to the next read and write orders the backward.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
+from spinn.model.fused import encode_given
 from spinn.model.schedule import Schedule, _StackPointers, build_schedule, store_rows
 from spinn.transitions import PAD, REDUCE, SHIFT
 
@@ -38,7 +40,8 @@ class SPINNOutput:
 
     Attributes:
         h: (B, d_hidden) the sentence vectors (h of each tree's root).
-        transition_logits: (B, T, 2) SHIFT/REDUCE scores of the Tracker at each step (full SPINN only).
+        transition_logits: (B, T, 2) SHIFT/REDUCE scores of the Tracker at each step (full SPINN only);
+            with given transitions the scores past a sentence's last step are those of a zero state.
         transition_loss: scalar mean cross-entropy of those scores against the given transitions over
             the real (non-PAD) steps (full SPINN, when transitions are given).
         predicted_transitions: (B, T) long, the best valid transition at each step, PAD after a
@@ -250,15 +253,18 @@ class SPINN(nn.Module):
                 f"the schedule is for {schedule.batch_size} sentences of {schedule.n_words} words, "
                 f"the batch has {batch} of {n_words}"
             )
-        store = _NodeStore(schedule.n_rows, leaves)
-        store.write(torch.arange(1, 1 + batch * n_words, device=words.device), leaves)
-        if self.tracker is None:
-            self._compose_by_level(store, schedule)
-            return SPINNOutput(h=store.read(schedule.root)[:, : self.d_hidden])
-        logits = self._run_steps(store, schedule, batch)
-        h = store.read(schedule.root)[:, : self.d_hidden]
-        if logits is None:
+        tracker = self.tracker
+        h, tracker_h = encode_given(
+            leaves,
+            self.reduce.gates.weight,
+            self.reduce.gates.bias,
+            None if tracker is None else tracker.gates.weight,
+            None if tracker is None else tracker.gates.bias,
+            schedule,
+        )
+        if self.transition_head is None:
             return SPINNOutput(h=h)
+        logits = self.transition_head(tracker_h).transpose(0, 1)  # (B, T, 2)
         return SPINNOutput(
             h=h,
             transition_logits=logits,
@@ -281,30 +287,6 @@ class SPINN(nn.Module):
             )
         return batch, n_words
 
-    def _compose_by_level(self, store: _NodeStore, schedule: Schedule) -> None:
-        offsets = schedule.level_offsets
-        for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
-            children = store.read(schedule.level_children[2 * lo : 2 * hi])  # (2 M, 2 D)
-            store.write(schedule.level_out[lo:hi], self.reduce(children[: hi - lo], children[hi - lo :]))
-
-    def _run_steps(self, store: _NodeStore, schedule: Schedule, batch: int) -> Tensor | None:
-        """Run the Tracker and the REDUCEs step by step; return the (B, T, 2) logits or None."""
-        tracker = self.tracker
-        state = (store.token.new_zeros(batch, tracker.d_tracker),) * 2  # (B, d_tracker) each
-        logits = []
-        offsets = schedule.step_offsets
-        for t in range(len(offsets) - 1):
-            state = tracker(self._tracker_input(store, schedule.tracker_ids[t], batch), state)
-            if self.transition_head is not None:
-                logits.append(self.transition_head(state[0]))
-            lo, hi = offsets[t], offsets[t + 1]
-            if hi > lo:
-                children = store.read(schedule.step_children[2 * lo : 2 * hi])  # (2 M, 2 D)
-                tracking = state[0].index_select(0, schedule.step_batch[lo:hi])
-                out = self.reduce(children[: hi - lo], children[hi - lo :], tracking)
-                store.write(schedule.step_out[lo:hi], out)
-        return torch.stack(logits, dim=1) if logits else None
-
     def _tracker_input(self, store: _NodeStore, ids: Tensor, batch: int) -> Tensor:
         """(B, 3 D): h of the buffer top, stack top and second item, from ids (B * 3,)."""
         return store.read(ids).view(batch, 3, 2 * self.d_hidden)[:, :, : self.d_hidden].reshape(batch, -1)
@@ -326,9 +308,15 @@ class SPINN(nn.Module):
             action = _mask_invalid(logits[-1], pointers.can_shift(), pointers.can_reduce()).argmax(1)
             action = torch.where(t < last_step, action, PAD)
             actions.append(action)
-            children = store.read(torch.cat((pointers.second(), pointers.top())))  # (2 B, 2 D)
-            out = self.reduce(children[:batch], children[batch:], state[0])
-            store.write(pointers.advance(action), out)
+            left, right = pointers.second(), pointers.top()
+            target = pointers.advance(action)
+            # Compose only where a REDUCE was predicted. Reading the actions back to the host costs a
+            # sync per step, but this path decides each step from the last one's output anyway.
+            rows = (action == REDUCE).nonzero()[:, 0]
+            m = len(rows)
+            if m:
+                children = store.read(torch.cat((left[rows], right[rows])))  # (2 M, 2 D)
+                store.write(target[rows], self.reduce(children[:m], children[m:], state[0][rows]))
         logits = torch.stack(logits, dim=1)
         return SPINNOutput(
             h=store.read(pointers.root())[:, : self.d_hidden],
@@ -340,8 +328,12 @@ class SPINN(nn.Module):
 
 def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
     """Mean cross-entropy of (B, T, 2) logits against (B, T) transitions over the non-PAD steps."""
-    real = transitions != PAD
-    return F.cross_entropy(logits[real], transitions[real])
+    real = (transitions != PAD).flatten()
+    # A weighted mean rather than boolean indexing, whose output size would need a device sync.
+    losses = F.cross_entropy(
+        logits.flatten(0, 1), transitions.clamp(max=int(REDUCE)).flatten(), reduction="none"
+    )
+    return (losses * real).sum() / real.sum()
 
 
 def _mask_invalid(logits: Tensor, can_shift: Tensor, can_reduce: Tensor) -> Tensor:

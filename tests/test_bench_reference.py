@@ -1,0 +1,94 @@
+"""The benchmark's seed-style reference agrees with the classifier; a collated schedule changes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from spinn.data.batching import NLIDataset, collate_nli, pair_sentences
+from spinn.data.snli import read_nli
+from spinn.data.vocab import Vocab
+from spinn.model import VARIANTS, NLIClassifier, build_schedule
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_spinn.py"
+_spec = importlib.util.spec_from_file_location("reference_spinn", _PATH)
+reference_spinn = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference_spinn)
+
+
+@pytest.fixture(scope="module")
+def snli(data_dir):
+    data = read_nli(data_dir / "snli_1.0" / "snli_1.0_dev.jsonl", progress=False)
+    examples = data.examples[:24]
+    vocab = Vocab.build(t for ex in examples for t in (ex.premise, ex.hypothesis))
+    return NLIDataset(examples, vocab), len(vocab)
+
+
+def tiny(vocab_size: int, variant: str) -> NLIClassifier:
+    torch.manual_seed(0)
+    return NLIClassifier(
+        vocab_size, d_embed=12, d_hidden=10, d_tracker=6, variant=variant, mlp_dim=16, dropout=0.0
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_reference_matches_the_classifier(snli, variant, training):
+    dataset, vocab_size = snli
+    batch = collate_nli([dataset[i] for i in range(len(dataset))])
+    model = tiny(vocab_size, variant).train(training)
+    ref = reference_spinn.reference_for(model)
+    out, ref_out = model(batch), ref(batch)
+    torch.testing.assert_close(out.logits, ref_out[0], atol=1e-5, rtol=1e-5)
+    loss, ref_loss = model.loss(out, batch.labels), ref.loss(ref_out, batch.labels)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    if training:
+        loss.backward()
+        ref_loss.backward()
+        for name in ("encoder.leaf.weight", "encoder.leaf.bias", "mlp.2.weight"):
+            grad = dict(model.named_parameters())[name].grad
+            torch.testing.assert_close(grad, dict(ref.named_parameters())[name].grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["spinn_pi_nt", "spinn_pi"])
+def test_a_collated_schedule_equals_one_built_in_forward(snli, variant):
+    dataset, vocab_size = snli
+    items = [dataset[i] for i in range(len(dataset))]
+    batch, plain = collate_nli(items, schedule=True), collate_nli(items)
+    assert plain.schedule is None
+    pairs = pair_sentences(plain)
+    expected = build_schedule(pairs.transitions, pairs.lengths)
+    for key, value in vars(expected).items():
+        got = getattr(batch.schedule, key)
+        assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, key
+    assert batch.to("cpu").schedule is not None
+    model = tiny(vocab_size, variant).train()
+    torch.manual_seed(1)
+    with_schedule = model(batch).logits
+    torch.manual_seed(1)
+    assert torch.equal(with_schedule, model(plain).logits)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_training_step_needs_no_host_round_trip(snli, variant, monkeypatch):
+    """With the schedule collated, the step loop never reads a tensor back (a device sync on a GPU)."""
+    dataset, vocab_size = snli
+    batch = collate_nli([dataset[i] for i in range(len(dataset))], schedule=True)
+    model = tiny(vocab_size, variant).train()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read back to the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    if torch.cuda.is_available():
+        model, batch = model.cuda(), batch.to("cuda")
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        model.loss(model(batch), batch.labels).backward()
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("default")
