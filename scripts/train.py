@@ -1,0 +1,8 @@
+"""Train SPINN on NLI: python scripts/train.py --config configs/small.yaml (see spinn/train.py)."""
+
+import sys
+
+from spinn.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Self-describing checkpoints: tensors and plain containers only, written atomically.
+
+A checkpoint is a dict (`FORMAT_VERSION` 1)::
+
+    format_version  int
+    config          the resolved config as nested plain data (`spinn.config.config_to_dict`)
+    vocab           the vocabulary as plain data (`spinn.data.vocab.Vocab.to_dict`)
+    model           the model's state_dict
+    optimizer       the optimiser's state_dict          (training checkpoints only)
+    scheduler       the LR scheduler's state_dict       (training checkpoints only)
+    sampler         the batch sampler's state_dict      (training checkpoints only)
+    rng             torch / CUDA / numpy / python RNG states as tensors and lists (training only)
+    state           the loop's position: step, epoch, best dev accuracy and its step, evaluations
+                    since the best (`spinn.train.TrainState`)
+    step, epoch     optimiser steps done; the epoch the next batch belongs to
+    best_dev_acc    best dev accuracy so far (null before the first evaluation)
+    dev             dev accuracy and loss of these weights (best.pt; null in last.pt)
+    torch_version   the torch that wrote it, for diagnostics
+
+Nothing else is pickled, so `load_checkpoint` reads with ``torch.load(..., weights_only=True)``: a
+file crafted to run code when unpickled is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinn.errors import SpinnError
+
+FORMAT_VERSION = 1
+#: The keys every checkpoint has; training checkpoints add optimizer, scheduler and sampler.
+REQUIRED_KEYS = ("format_version", "config", "vocab", "model", "step")
+
+
+class CheckpointError(SpinnError):
+    """A checkpoint that is missing, unreadable, of another format version, or not a checkpoint."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write `state` (plus ``format_version`` and ``torch_version``) to `path` atomically.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, and is then renamed
+    over `path`, so a crash at any moment leaves either the old checkpoint or the new one, whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = {"format_version": FORMAT_VERSION, "torch_version": str(torch.__version__), **state}
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, safely (``weights_only=True``).
+
+    `path` may be a run folder, meaning its ``best.pt``.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, holds anything but tensors and
+            plain containers, lacks a required key, or is of another format version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = str(err).splitlines()
+        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers ({detail})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, found {type(ckpt).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a spinn checkpoint: missing key(s) {', '.join(missing)}")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt['format_version']!r}, this spinn reads version "
+            f"{FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random number generator a run draws from, as tensors and plain lists."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached,
+        },
+        "python": {"version": version, "state": list(mt), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))

@@ -1,0 +1,65 @@
+"""What every command-line entry point shares: error handling, warnings, the main-process guard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from spinn.errors import SpinnError
+
+#: Exit status for a user error (bad data, config, checkpoint or argument), as argparse uses.
+EXIT_USER_ERROR = 2
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    command: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Parse `argv` and run `command`; a `SpinnError` prints one line and returns exit status 2.
+
+    ``--debug`` (added here to every parser) lets the error propagate with its traceback.
+    """
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of errors")
+    args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return command(args)
+    except SpinnError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def is_main_process() -> bool:
+    """True in a single process, and on rank 0 of a distributed run: the one that writes files and logs."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; other names are taken as given.
+
+    Raises:
+        SpinnError: a CUDA or MPS device was asked for and is not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpinnError(f"device {name!r}: CUDA is not available here; use device auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SpinnError(f"device {name!r}: MPS is not available here; use device auto or cpu")
+    return device
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    # One line, no source location: these warnings are about the user's data and settings.
+    print(f"warning: {message}", file=sys.stderr if file is None else file)

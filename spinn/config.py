@@ -1,0 +1,396 @@
+"""The typed configuration of a training run: every default lives here and nowhere else.
+
+A config file is YAML with the sections below (``data``, ``vocab``, ``model``, ``optim``, ``train``);
+a key left out takes the default written here. Command-line overrides are dotted and win over the
+file: ``--set optim.lr=1e-3 --set model.variant=spinn``. Unknown keys, values of the wrong type and
+impossible values are `ConfigError` s that name the key (and, for unknown keys, the nearest valid one).
+
+Configs are data: YAML is read with a safe loader and nothing in it is evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from spinn.errors import SpinnError
+from spinn.model.classifier import NLIClassifier
+
+Variant = Literal["spinn_pi_nt", "spinn_pi", "spinn"]
+Optimizer = Literal["rmsprop", "adam", "sgd"]
+VARIANTS_WITH_TRACKER = ("spinn_pi", "spinn")
+
+
+class ConfigError(SpinnError):
+    """An unknown key, a value of the wrong type or an impossible value in a config or an override."""
+
+
+@dataclass
+class DataConfig:
+    """Where the NLI files are.
+
+    ``train``/``dev``/``test`` (and ``vocab.glove``) are relative to ``data_dir`` unless absolute;
+    ``data_dir`` is relative to the current directory.
+    """
+
+    data_dir: str = "data"
+    train: str = "snli_1.0/snli_1.0_train.jsonl"
+    dev: str = "snli_1.0/snli_1.0_dev.jsonl"
+    #: null: no test split (the run's summary then reports dev only).
+    test: str | None = "snli_1.0/snli_1.0_test.jsonl"
+    #: Lower-case every word (for the lower-case GloVe 6B and 42B vectors).
+    lowercase: bool = False
+    #: Skip and count malformed rows instead of stopping at the first one.
+    skip_invalid: bool = False
+    #: Use only the first N labelled pairs of each split (smoke tests); null: all of them.
+    limit: int | None = None
+    #: Where preprocessed-dataset caches go; null: next to each data file (skipped where read-only).
+    cache_dir: str | None = None
+
+    def path(self, name: str | None) -> Path | None:
+        """`name` resolved against `data_dir`; None stays None."""
+        if name is None:
+            return None
+        p = Path(name).expanduser()
+        return p if p.is_absolute() else Path(self.data_dir).expanduser() / p
+
+
+@dataclass
+class VocabConfig:
+    """The word vocabulary and its pretrained vectors."""
+
+    #: Keep words seen at least this often in the splits the vocabulary is built from.
+    min_freq: int = 1
+    #: Also add the words of dev and test (never their labels). With frozen GloVe vectors this lets
+    #: those words keep their meaning instead of becoming <unk>; it has no effect on trained vectors.
+    include_eval_words: bool = True
+    #: GloVe text file (.txt, .zip or .gz), relative to data.data_dir; null: random embeddings.
+    glove: str | None = "glove.840B.300d.txt"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; the keyword arguments of `spinn.model.classifier.NLIClassifier`."""
+
+    #: spinn_pi_nt: no Tracker; spinn_pi: Tracker, given parses; spinn: the Tracker predicts transitions.
+    variant: Variant = "spinn_pi"
+    #: Word vector size; must equal the GloVe file's dimension when vocab.glove is set.
+    d_embed: int = 300
+    #: Size of the TreeLSTM state h (the paper's "model dim" 600 counts h and c together).
+    d_hidden: int = 300
+    #: Tracker LSTM size; null for spinn_pi_nt, required by spinn_pi and spinn.
+    d_tracker: int | None = 61
+    mlp_layers: int = 2
+    mlp_dim: int = 1024
+    #: Dropout on the projected word vectors and in the MLP.
+    dropout: float = 0.1
+    batch_norm: bool = False
+    #: Keep the pretrained word vectors fixed (the paper); a learned projection adapts them.
+    freeze_embeddings: bool = True
+    #: Weight of the transition-prediction loss (spinn only).
+    transition_loss_weight: float = 1.0
+    #: spinn only: at evaluation, follow the given parses instead of the predicted transitions.
+    eval_given_transitions: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule: lr * lr_decay ** (step / lr_decay_steps)."""
+
+    name: Optimizer = "rmsprop"
+    lr: float = 1e-3
+    #: L2 penalty lambda * sum(theta^2) on trainable weights (applied as weight decay 2 * lambda).
+    l2: float = 0.0
+    #: Clip the gradient norm to this; null: no clipping.
+    grad_clip: float | None = 5.0
+    lr_decay: float = 0.75
+    lr_decay_steps: int = 10000
+
+
+@dataclass
+class TrainConfig:
+    """The loop: batches, stopping, evaluation, logging, device."""
+
+    #: Run folder: checkpoints, log.jsonl, summary.json, learning_curve.png. Relative to the current dir.
+    out_dir: str = "runs/spinn"
+    seed: int = 0
+    #: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps.
+    device: str = "auto"
+    #: bf16 autocast; CUDA only (ignored with a warning elsewhere).
+    bf16: bool = False
+    #: torch.compile the model.
+    compile: bool = False
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    #: Stop after this many passes over train; null: only max_steps stops.
+    epochs: int | None = 10
+    #: Stop after this many optimiser steps; null: only epochs stops.
+    max_steps: int | None = None
+    #: Evaluate on dev (and checkpoint) every N steps, and at the end.
+    eval_every: int = 1000
+    #: Stop after this many evaluations without a new best dev accuracy; null: never stop early.
+    patience: int | None = None
+    #: Write a log.jsonl line (and a TensorBoard point) every N steps.
+    log_every: int = 100
+    #: Write TensorBoard events where the tensorboard package is installed.
+    tensorboard: bool = True
+    #: Show tqdm progress bars.
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that reads ``1e-3`` as a float (YAML 1.2), not as the string YAML 1.1 makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None: all defaults), apply ``key=value`` overrides, check every value.
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a wrong type or an impossible value.
+    """
+    if path is None:
+        cfg = Config()
+    else:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        try:
+            raw = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        cfg = config_from_dict({} if raw is None else raw, str(path))
+    cfg = apply_overrides(cfg, overrides)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        source = "defaults" if path is None else str(path)
+        raise ConfigError(f"{source}{' with --set overrides' if overrides else ''}: {err}") from None
+    return cfg
+
+
+def config_from_dict(raw: Any, where: str) -> Config:
+    """Build a `Config` from nested plain data (a parsed YAML file or a checkpoint's copy).
+
+    Raises:
+        ConfigError: naming `where` and the dotted key.
+    """
+    return _build(Config, raw, where, "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain data (str, int, float, bool, None), as YAML and checkpoints store it."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """Return a copy of `cfg` with each ``section.key=value`` applied; the value is read as YAML.
+
+    Raises:
+        ConfigError: a malformed override, an unknown key or a value of the wrong type.
+    """
+    cfg = _copy(cfg)
+    for item in overrides:
+        where = f"--set {item}"
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{where}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+        try:
+            value = yaml.load(text, Loader=_Loader) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: the value is not valid YAML ({err})") from None
+        section_name, dot, name = key.partition(".")
+        sections = {f.name: f for f in dataclasses.fields(Config)}
+        if section_name not in sections:
+            raise ConfigError(f"{where}: {_unknown(section_name, list(sections), '')}")
+        if not dot:
+            keys = ", ".join(
+                f"{section_name}.{f.name}" for f in dataclasses.fields(getattr(cfg, section_name))
+            )
+            raise ConfigError(f"{where}: {section_name!r} is a section; set one of its keys: {keys}")
+        section = getattr(cfg, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if name not in fields:
+            raise ConfigError(f"{where}: {_unknown(name, list(fields), section_name + '.')}")
+        hints = typing.get_type_hints(type(section))
+        setattr(section, name, _coerce(value, hints[name], where, key))
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check values that are well-typed but impossible or incompatible.
+
+    Raises:
+        ConfigError: naming the key, what was expected and what was found.
+    """
+    m, o, t, d, v = cfg.model, cfg.optim, cfg.train, cfg.data, cfg.vocab
+    positive = {
+        "model.d_embed": m.d_embed,
+        "model.d_hidden": m.d_hidden,
+        "model.mlp_layers": m.mlp_layers,
+        "model.mlp_dim": m.mlp_dim,
+        "vocab.min_freq": v.min_freq,
+        "optim.lr": o.lr,
+        "optim.lr_decay": o.lr_decay,
+        "optim.lr_decay_steps": o.lr_decay_steps,
+        "train.batch_size": t.batch_size,
+        "train.eval_batch_size": t.eval_batch_size,
+        "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every,
+    }
+    optional_positive = {
+        "model.d_tracker": m.d_tracker,
+        "optim.grad_clip": o.grad_clip,
+        "train.epochs": t.epochs,
+        "train.max_steps": t.max_steps,
+        "train.patience": t.patience,
+        "data.limit": d.limit,
+    }
+    for key, value in {**positive, **optional_positive}.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}: expected a value > 0, found {value}")
+    for key, value in {"optim.l2": o.l2, "model.transition_loss_weight": m.transition_loss_weight}.items():
+        if value < 0:
+            raise ConfigError(f"{key}: expected a value >= 0, found {value}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout: expected a probability in [0, 1), found {m.dropout}")
+    if o.lr_decay > 1:
+        raise ConfigError(f"optim.lr_decay: expected a factor in (0, 1], found {o.lr_decay}")
+    if m.variant in VARIANTS_WITH_TRACKER and m.d_tracker is None:
+        raise ConfigError(f"model.d_tracker: variant {m.variant!r} needs a Tracker size, found null")
+    if m.variant == "spinn_pi_nt" and m.d_tracker is not None:
+        raise ConfigError(
+            f"model.d_tracker: variant 'spinn_pi_nt' has no Tracker, found d_tracker={m.d_tracker}; "
+            "set model.d_tracker=null"
+        )
+    if m.freeze_embeddings and v.glove is None:
+        raise ConfigError(
+            "model.freeze_embeddings: true with vocab.glove null would train on frozen random vectors; "
+            "set vocab.glove or model.freeze_embeddings=false"
+        )
+    if t.epochs is None and t.max_steps is None:
+        raise ConfigError("train.epochs and train.max_steps are both null: set at least one to stop training")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
+        raise ConfigError(f"train.device: expected auto, cpu, cuda, cuda:N or mps, found {t.device!r}")
+
+
+def diff_configs(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ, with (old, new) values."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    return [(f"{s}.{k}", a[s][k], b[s][k]) for s in a for k in a[s] if a[s][k] != b[s][k]]
+
+
+def _copy(cfg: Config) -> Config:
+    return config_from_dict(config_to_dict(cfg), "<copy>")
+
+
+def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        what = f"section {prefix.rstrip('.')!r}" if prefix else "the top level"
+        raise ConfigError(f"{where}: {what} must be a mapping of keys to values, found {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{where}: {_unknown(str(key), list(fields), prefix)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, where, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, where, prefix + name)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    """Check `value` against `hint` (int, float, bool, str, Literal, X | None); ints pass as floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where, key)
+    if origin is Literal:
+        if value in args:
+            return value
+        expected = f"one of {', '.join(map(str, args))}"
+    elif hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint in (bool, str) and isinstance(value, hint):
+        return value
+    else:
+        expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
+    if value is None:
+        expected += " (null is not allowed here)"
+    raise ConfigError(f"{where}: key {key!r}: expected {expected}, found {_show(value)}")
+
+
+def _unknown(key: str, valid: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    listing = ", ".join(prefix + v for v in valid)
+    return f"unknown key {prefix + key!r}{hint}; valid keys: {listing}"
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def build_model(cfg: Config, vocab_size: int, embeddings: torch.Tensor | None = None) -> NLIClassifier:
+    """The one place a config becomes a model: `NLIClassifier` with the ``model`` section's arguments.
+
+    Args:
+        vocab_size: rows of the embedding table.
+        embeddings: (vocab_size, model.d_embed) initial word vectors (GloVe rows), or None for random.
+    """
+    m = cfg.model
+    return NLIClassifier(
+        vocab_size,
+        d_embed=m.d_embed,
+        d_hidden=m.d_hidden,
+        d_tracker=m.d_tracker,
+        variant=m.variant,
+        mlp_layers=m.mlp_layers,
+        mlp_dim=m.mlp_dim,
+        dropout=m.dropout,
+        batch_norm=m.batch_norm,
+        freeze_embeddings=m.freeze_embeddings,
+        embeddings=embeddings,
+        transition_loss_weight=m.transition_loss_weight,
+        eval_given_transitions=m.eval_given_transitions,
+    )

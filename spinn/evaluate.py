@@ -1,0 +1,335 @@
+"""Evaluate a trained checkpoint on a labelled NLI split: accuracy, per-class scores, predictions.
+
+    python scripts/evaluate.py --checkpoint runs/small --split dev
+    python scripts/evaluate.py --checkpoint runs/small/best.pt --data multinli_1.0_dev_mismatched.jsonl
+
+Prints accuracy, per-class precision/recall/F1, the confusion matrix and the number of rows skipped
+for having no gold label (``-``); for the full SPINN also the parsing accuracy (agreement of its
+predicted transitions with the given parses). Writes one JSON line per pair (pairID, gold, predicted,
+probabilities) and a metrics JSON next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from spinn import cli
+from spinn.checkpoint import load_checkpoint
+from spinn.config import Config, DataConfig, build_model, config_from_dict
+from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
+from spinn.data.cache import NLITable, load_nli
+from spinn.data.snli import LABELS, read_nli
+from spinn.data.vocab import Vocab
+from spinn.errors import SpinnError
+from spinn.model.classifier import NLIClassifier
+from spinn.transitions import PAD
+
+
+@dataclass
+class Split:
+    """One labelled file, numericalised, and the rows left out of it."""
+
+    dataset: NLIDataset
+    path: Path
+    no_gold: int
+    invalid: int
+
+
+@dataclass
+class EvalResult:
+    """Predictions over a whole split, in the split's order.
+
+    Attributes:
+        probs: (N, 3) class probabilities; labels: (N,) gold label ids.
+        loss: mean cross-entropy of the labels.
+        parse_correct, parse_total: predicted transitions that agree with the given ones, over the
+            real (non-PAD) steps of premises and hypotheses; 0, 0 without a transition predictor.
+    """
+
+    probs: torch.Tensor
+    labels: torch.Tensor
+    pair_ids: list[str]
+    loss: float
+    parse_correct: int = 0
+    parse_total: int = 0
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.probs.argmax(dim=1)
+
+    @property
+    def accuracy(self) -> float:
+        return (self.predictions == self.labels).float().mean().item() if len(self.labels) else 0.0
+
+    @property
+    def parse_accuracy(self) -> float | None:
+        return self.parse_correct / self.parse_total if self.parse_total else None
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, in eval mode, with what is needed to feed it."""
+
+    model: NLIClassifier
+    vocab: Vocab
+    config: Config
+    path: Path
+    step: int
+
+
+def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITable:
+    """Read one labelled NLI file into columns (cached when read whole; ``data.limit`` keeps the first pairs).
+
+    Raises:
+        SpinnError: as `spinn.data.snli.read_nli`, or when the file has no labelled pairs.
+    """
+    if data.limit is None:
+        table = load_nli(
+            path,
+            lowercase=data.lowercase,
+            skip_invalid=data.skip_invalid,
+            progress=progress,
+            cache_dir=data.cache_dir,
+        )
+    else:
+        # A limited read is for smoke tests: parse the file and keep the first pairs, uncached.
+        nli = read_nli(path, lowercase=data.lowercase, skip_invalid=data.skip_invalid, progress=progress)
+        table = NLITable.from_examples(nli.examples[: data.limit], no_gold=nli.no_gold, invalid=nli.invalid)
+    if len(table) == 0:
+        raise SpinnError(f"{path}: no labelled sentence pairs ({table.no_gold} rows without a gold label)")
+    return table
+
+
+def load_split(path: Path, data: DataConfig, vocab: Vocab, *, progress: bool = True) -> Split:
+    """`read_table`, with words mapped to `vocab` ids."""
+    table = read_table(path, data, progress=progress)
+    return Split(NLIDataset(table, vocab), path, table.no_gold, table.invalid)
+
+
+@torch.no_grad()
+def evaluate(
+    model: NLIClassifier,
+    dataset: NLIDataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalResult:
+    """Run `model` over every pair of `dataset` (batched by length) and collect its predictions.
+
+    The model is left in eval mode; the caller switches back to training.
+    """
+    model.eval()
+    n = len(dataset)
+    probs = torch.zeros(n, len(LABELS))
+    labels = torch.zeros(n, dtype=torch.long)
+    total_loss = 0.0
+    parse_correct = parse_total = 0
+    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for indices in tqdm(sampler, desc=desc, leave=False, disable=not progress, unit="batch"):
+        batch = collate_nli([dataset[i] for i in indices]).to(device)
+        with autocast:
+            out = model(batch)
+        logits = out.logits.float()
+        total_loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
+        rows = torch.as_tensor(indices)
+        probs[rows] = logits.softmax(dim=1).cpu()
+        labels[rows] = batch.labels.cpu()
+        for side, sentences in ((out.premise, batch.premise), (out.hypothesis, batch.hypothesis)):
+            if side.predicted_transitions is not None:
+                given = sentences.transitions  # (B, T); the prediction may be wider (padded to the pair)
+                predicted = side.predicted_transitions[:, : given.shape[1]]
+                real = given != PAD
+                parse_correct += int(((predicted == given) & real).sum())
+                parse_total += int(real.sum())
+    return EvalResult(probs, labels, dataset.pair_ids, total_loss / max(n, 1), parse_correct, parse_total)
+
+
+def classification_report(labels: torch.Tensor, predictions: torch.Tensor) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support, macro F1, and the confusion matrix.
+
+    ``confusion[i][j]`` counts pairs of gold class i predicted as class j (classes in `LABELS` order).
+    """
+    k = len(LABELS)
+    confusion = torch.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
+    per_class = {}
+    for i, name in enumerate(LABELS):
+        tp = int(confusion[i, i])
+        predicted, gold = int(confusion[:, i].sum()), int(confusion[i].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / gold if gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": gold}
+    return {
+        "per_class": per_class,
+        "macro_f1": sum(c["f1"] for c in per_class.values()) / k,
+        "confusion": confusion.tolist(),
+    }
+
+
+def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+    """Rebuild the model a checkpoint (or a run folder's best.pt) describes, in eval mode on `device`.
+
+    Raises:
+        SpinnError: the checkpoint cannot be read, or its weights do not fit the model its config builds.
+    """
+    ckpt = load_checkpoint(path)
+    where = Path(path) / "best.pt" if Path(path).is_dir() else Path(path)
+    cfg = config_from_dict(ckpt["config"], f"{where}: config")
+    vocab = Vocab.from_dict(ckpt["vocab"])
+    model = build_model(cfg, len(vocab))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise SpinnError(f"{where}: the weights do not fit the model of its config: {err}") from None
+    return LoadedModel(model.to(device).eval(), vocab, cfg, where, int(ckpt["step"]))
+
+
+def write_predictions(path: Path, result: EvalResult) -> None:
+    """One JSON line per pair: pairID, gold and predicted label, and the class probabilities."""
+    with open(path, "w", encoding="utf-8") as f:
+        for pair_id, gold, pred, probs in zip(
+            result.pair_ids,
+            result.labels.tolist(),
+            result.predictions.tolist(),
+            result.probs.tolist(),
+            strict=True,
+        ):
+            record = {
+                "pairID": pair_id,
+                "gold_label": LABELS[gold],
+                "predicted_label": LABELS[pred],
+                "probabilities": {name: round(p, 6) for name, p in zip(LABELS, probs, strict=True)},
+            }
+            f.write(json.dumps(record) + "\n")
+
+
+def metrics(result: EvalResult, split: Split) -> dict[str, Any]:
+    """The figures `scripts/evaluate.py` prints and writes, as plain data."""
+    return {
+        "file": str(split.path),
+        "pairs": len(result.labels),
+        "skipped_no_gold": split.no_gold,
+        "skipped_invalid": split.invalid,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "parse_accuracy": result.parse_accuracy,
+        **classification_report(result.labels, result.predictions),
+    }
+
+
+def format_report(m: dict[str, Any]) -> str:
+    """A human-readable table of `metrics`."""
+    lines = [
+        f"{m['file']}: {m['pairs']} pairs ({m['skipped_no_gold']} rows without a gold label skipped"
+        + (f", {m['skipped_invalid']} invalid rows skipped)" if m["skipped_invalid"] else ")"),
+        f"accuracy {m['accuracy']:.4f}   loss {m['loss']:.4f}   macro F1 {m['macro_f1']:.4f}",
+    ]
+    if m["parse_accuracy"] is not None:
+        lines.append(
+            f"parsing accuracy (transitions agreeing with the given parses) {m['parse_accuracy']:.4f}"
+        )
+    lines.append(f"{'':15}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
+    for name, c in m["per_class"].items():
+        lines.append(f"{name:15}{c['precision']:10.4f}{c['recall']:10.4f}{c['f1']:10.4f}{c['support']:10d}")
+    lines.append("confusion (rows gold, columns predicted): " + "  ".join(f"{n[:4]}" for n in LABELS))
+    for name, row in zip(LABELS, m["confusion"], strict=True):
+        lines.append(f"  {name:13}" + "".join(f"{v:8d}" for v in row))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry point: build and check the arguments, set up the model and data, evaluate, save.
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a spinn checkpoint on an NLI split.",
+        epilog="example: python scripts/evaluate.py --checkpoint runs/small --split dev",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint file, or a run folder (its best.pt)"
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--split", choices=("dev", "test"), default="dev", help="a split of the run's config")
+    which.add_argument("--data", help="any labelled SNLI/MultiNLI .jsonl or .txt file instead of --split")
+    parser.add_argument("--data-dir", help="override the config's data.data_dir for --split")
+    parser.add_argument(
+        "--transitions",
+        choices=("predicted", "given"),
+        help="full SPINN only: follow its own predicted transitions or the given parses "
+        "(default: the config's model.eval_given_transitions)",
+    )
+    parser.add_argument("--batch-size", type=int, help="default: the config's train.eval_batch_size")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--output", help="predictions JSON lines (default: predictions_<split>.jsonl next to the checkpoint)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    device = cli.resolve_device(args.device)
+    loaded = load_model(args.checkpoint, device)
+    cfg = loaded.config
+    if args.transitions is not None:
+        if cfg.model.variant != "spinn":
+            raise SpinnError(
+                f"--transitions applies to the full SPINN only; this checkpoint is {cfg.model.variant!r}, "
+                "which always follows the given parses"
+            )
+        loaded.model.eval_given_transitions = args.transitions == "given"
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SpinnError(f"--batch-size: expected a value > 0, found {args.batch_size}")
+    if args.data_dir is not None:
+        cfg.data.data_dir = args.data_dir
+    path = Path(args.data) if args.data else cfg.data.path(getattr(cfg.data, args.split))
+    if path is None:
+        raise SpinnError(
+            f"the run's config has no {args.split} split (data.{args.split} is null); use --data FILE"
+        )
+    name = Path(path.name.removesuffix(".gz")).stem if args.data else args.split
+
+    split = load_split(path, cfg.data, loaded.vocab, progress=not args.no_progress)
+    start = time.perf_counter()
+    result = evaluate(
+        loaded.model,
+        split.dataset,
+        batch_size=args.batch_size or cfg.train.eval_batch_size,
+        device=device,
+        progress=not args.no_progress,
+        desc=name,
+    )
+    m = metrics(result, split)
+    m.update(checkpoint=str(loaded.path), step=loaded.step, seconds=round(time.perf_counter() - start, 2))
+    if cfg.model.variant == "spinn":
+        m["transitions"] = "given" if loaded.model.eval_given_transitions else "predicted"
+    print(format_report(m))
+
+    output = Path(args.output) if args.output else loaded.path.parent / f"predictions_{name}.jsonl"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(output, result)
+    metrics_path = output.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+    print(f"predictions: {output}\nmetrics: {metrics_path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), run_evaluate, argv)

@@ -1,0 +1,712 @@
+"""Train SPINN on NLI from a YAML config; the training loop is `train` below, in one piece.
+
+    python scripts/train.py --config configs/small.yaml
+    python scripts/train.py --config configs/snli_spinn_pi.yaml --set optim.lr=1e-3 --set train.max_steps=500
+    python scripts/train.py --resume runs/small --set train.epochs=20
+
+The run folder (``train.out_dir``) receives ``config.yaml`` (resolved), ``vocab.json``, ``log.jsonl``
+(one JSON object per logged step and per evaluation), ``last.pt`` and ``best.pt`` checkpoints,
+``summary.json`` (best step; dev and test accuracy of the best checkpoint), ``learning_curve.png``
+(with matplotlib) and ``tb/`` (with tensorboard).
+
+Ctrl-C or SIGTERM stops after the current step, saves ``last.pt`` and exits with status 130 / 143;
+``--resume RUN_DIR`` then continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from spinn import cli
+from spinn.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from spinn.config import (
+    Config,
+    apply_overrides,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+    diff_configs,
+    load_config,
+    save_config,
+    validate,
+)
+from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
+from spinn.data.glove import load_glove
+from spinn.data.vocab import Vocab
+from spinn.errors import SpinnError
+from spinn.evaluate import EvalResult, Split, evaluate, read_table
+from spinn.model.classifier import NLIClassifier
+
+#: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
+#: the vocabulary or the order of the batches.
+FIXED_ON_RESUME = (
+    "model.",
+    "vocab.",
+    "data.train",
+    "data.lowercase",
+    "data.limit",
+    "train.seed",
+    "train.batch_size",
+)
+
+
+#: What `train` returns when a signal stopped it.
+INTERRUPTIONS = ("SIGINT", "SIGTERM")
+
+
+@dataclass
+class Data:
+    vocab: Vocab
+    train: Split
+    dev: Split
+    test: Split | None
+    #: (len(vocab), d_embed) GloVe rows for a new run; None when resuming or without GloVe.
+    embeddings: torch.Tensor | None
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    best_dev_acc: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+
+
+@dataclass
+class RunLog:
+    """log.jsonl, TensorBoard (when installed and asked for) and the figures the progress bar shows."""
+
+    path: Path
+    tensorboard: Any = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch", "split") and isinstance(value, int | float):
+                    self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Setup: each function builds one object.
+# ---------------------------------------------------------------------------------------------------
+
+
+def setup_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | None]:
+    """The run's config and, with ``--resume``, the checkpoint to continue from.
+
+    Raises:
+        SpinnError: a bad config or override, a missing checkpoint, or neither --config nor --resume.
+    """
+    if args.resume is None:
+        if args.config is None:
+            raise SpinnError("give --config FILE for a new run, or --resume RUN_DIR to continue one")
+        return load_config(args.config, args.set), None
+    run_dir = Path(args.resume)
+    ckpt = load_checkpoint(run_dir / "last.pt" if run_dir.is_dir() else run_dir)
+    saved = config_from_dict(ckpt["config"], f"{run_dir}: checkpoint config")
+    wanted = load_config(args.config, args.set) if args.config else apply_overrides(saved, args.set)
+    # The checkpoint fixes the model, the vocabulary and the batch order; the rest may change.
+    merged, kept = config_to_dict(wanted), config_to_dict(saved)
+    for key, old, new in diff_configs(saved, wanted):
+        if key.startswith(FIXED_ON_RESUME):
+            warnings.warn(
+                f"{key}: the checkpoint has {old!r}, the config {new!r}; resuming with {old!r}", stacklevel=2
+            )
+            section, name = key.split(".", 1)
+            merged[section][name] = kept[section][name]
+    cfg = config_from_dict(merged, f"{run_dir}: resumed config")
+    cfg.train.out_dir = str(run_dir if run_dir.is_dir() else run_dir.parent)
+    validate(cfg)
+    return cfg, ckpt
+
+
+def setup_run_dir(cfg: Config, resuming: bool) -> Path:
+    """Create the run folder; refuse to start a new run over an existing one.
+
+    Raises:
+        SpinnError: the folder already holds a run and this is not a resume.
+    """
+    out = Path(cfg.train.out_dir)
+    if not resuming and (out / "last.pt").exists():
+        raise SpinnError(
+            f"{out}: already holds a run (last.pt); continue it with --resume {out}, "
+            f"or start a new one elsewhere with --set train.out_dir=OTHER_DIR"
+        )
+    if cli.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
+    """Read train, dev and test; build the vocabulary and look up GloVe unless `vocab` is given.
+
+    Raises:
+        SpinnError: a missing or malformed data or GloVe file.
+    """
+    d, progress = cfg.data, cfg.train.progress
+    paths = {"train": d.path(d.train), "dev": d.path(d.dev), "test": d.path(d.test)}
+    for name, path in paths.items():
+        if path is not None and not path.is_file():
+            raise SpinnError(f"data.{name}: no such file {path} (data.data_dir is {d.data_dir!r})")
+    tables = {name: read_table(p, d, progress=progress) for name, p in paths.items() if p is not None}
+    embeddings = None
+    if vocab is None:
+        counts: Counter[str] = Counter()
+        for name, table in tables.items():
+            if name == "train" or cfg.vocab.include_eval_words:
+                counts.update(table.counts())
+        vocab = Vocab.from_counts(counts, cfg.vocab.min_freq)
+        if cfg.vocab.glove is not None:
+            glove = load_glove(
+                d.path(cfg.vocab.glove),
+                vocab,
+                cfg.model.d_embed,
+                cache_dir=d.cache_dir,
+                progress=progress,
+                seed=cfg.train.seed,
+            )
+            print(f"GloVe: {glove.found:,} of {glove.total:,} vocabulary words found ({glove.coverage:.1%})")
+            embeddings = glove.vectors
+    splits = {
+        name: Split(NLIDataset(t, vocab), paths[name], t.no_gold, t.invalid) for name, t in tables.items()
+    }
+    for name, split in splits.items():
+        print(
+            f"{name}: {len(split.dataset):,} pairs from {split.path} ({split.no_gold} without a gold label)"
+        )
+    return Data(vocab, splits["train"], splits["dev"], splits.get("test"), embeddings)
+
+
+def setup_model(cfg: Config, data: Data, device: torch.device) -> NLIClassifier:
+    model = build_model(cfg, len(data.vocab), data.embeddings).to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    print(
+        f"model: {cfg.model.variant}, {trainable:,} trainable parameters, {frozen:,} frozen; device {device}"
+    )
+    return model
+
+
+def setup_optimizer(cfg: Config, model: NLIClassifier) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    # The paper's L2 term lambda * sum(theta^2) has gradient 2 * lambda * theta: weight decay 2 * lambda.
+    decay = 2 * o.l2
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, weight_decay=decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=decay)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=decay)
+
+
+def setup_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """lr * lr_decay ** (step / lr_decay_steps): the paper's "0.75 every 10k steps", applied smoothly."""
+    o = cfg.optim
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: o.lr_decay ** (step / o.lr_decay_steps))
+
+
+def setup_sampler(cfg: Config, data: Data) -> BucketBatchSampler:
+    return BucketBatchSampler(
+        data.train.dataset.lengths, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed
+    )
+
+
+def setup_log(cfg: Config, run_dir: Path, resume_step: int | None) -> RunLog:
+    """Open log.jsonl; on resume drop lines logged after the checkpoint, which the run will redo."""
+    path = run_dir / "log.jsonl"
+    if resume_step is None:
+        path.write_text("", encoding="utf-8")
+    elif path.exists():
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if json.loads(line)["step"] <= resume_step
+        ]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
+    writer = None
+    if cfg.train.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("tensorboard is not installed: no TensorBoard events (pip install tensorboard)")
+        else:
+            writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+    return RunLog(path, writer)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def restore(
+    ckpt: dict[str, Any],
+    model: NLIClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    sampler: BucketBatchSampler,
+) -> TrainState:
+    """Load a training checkpoint's states into the objects; return the loop's position.
+
+    Raises:
+        SpinnError: the checkpoint is a model-only one, or its states do not fit these objects.
+    """
+    missing = [k for k in ("optimizer", "scheduler", "sampler", "rng", "state") if k not in ckpt]
+    if missing:
+        raise SpinnError(f"cannot resume from a checkpoint without {', '.join(missing)} (use last.pt)")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise SpinnError(f"the checkpoint's states do not fit the model its config builds: {err}") from None
+    scheduler.load_state_dict(ckpt["scheduler"])
+    sampler.load_state_dict(ckpt["sampler"])
+    set_rng_state(ckpt["rng"])
+    return TrainState(**ckpt["state"])
+
+
+def checkpoint_state(
+    cfg: Config,
+    vocab: Vocab,
+    model: NLIClassifier,
+    state: TrainState,
+    *,
+    dev: dict[str, Any] | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
+    sampler: BucketBatchSampler | None = None,
+) -> dict[str, Any]:
+    """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given."""
+    ckpt = {
+        "config": config_to_dict(cfg),
+        "vocab": vocab.to_dict(),
+        "model": model.state_dict(),
+        "step": state.step,
+        "epoch": state.epoch,
+        "best_dev_acc": state.best_dev_acc,
+        "dev": dev,
+        "state": dict(state.__dict__),
+    }
+    if optimizer is not None:
+        ckpt.update(
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            sampler=sampler.state_dict(),
+            rng=rng_state(),
+        )
+    return ckpt
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop saves a checkpoint and stops after the current step."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    stop = StopRequest()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.signum is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        stop.signum = signum
+        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort now)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training loop.
+# ---------------------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: Config,
+    data: Data,
+    model: NLIClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    sampler: BucketBatchSampler,
+    state: TrainState,
+    log: RunLog,
+    run_dir: Path,
+    device: torch.device,
+) -> str:
+    """Train until max_steps, epochs, early stopping or a signal; return which of these stopped it
+    ("max_steps", "epochs", "early_stopping", or the signal's name, one of `INTERRUPTIONS`).
+
+    Evaluates on the whole dev split every ``train.eval_every`` steps and at the end, writing
+    ``last.pt`` each time and ``best.pt`` when dev accuracy improves.
+    """
+    t = cfg.train
+    main = cli.is_main_process()
+    forward = torch.compile(model) if t.compile else model
+    bf16 = t.bf16 and device.type == "cuda"
+    if t.bf16 and not bf16:
+        warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}", stacklevel=2)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = len(sampler)
+    planned = [n for n in (t.max_steps, t.epochs and t.epochs * steps_per_epoch) if n]
+    bar = tqdm(
+        total=min(planned),
+        initial=state.step,
+        unit="step",
+        disable=not (t.progress and main),
+        dynamic_ncols=True,
+    )
+
+    def evaluate_and_save() -> bool:
+        """Whole-dev evaluation, checkpoints and a log line; True when patience has run out."""
+        result = evaluate(
+            model,
+            data.dev.dataset,
+            batch_size=t.eval_batch_size,
+            device=device,
+            bf16=bf16,
+            progress=t.progress and main,
+            desc="dev",
+        )
+        model.train()
+        improved = state.best_dev_acc is None or result.accuracy > state.best_dev_acc
+        if improved:
+            state.best_dev_acc, state.best_step, state.evals_since_best = result.accuracy, state.step, 0
+        else:
+            state.evals_since_best += 1
+        record = {
+            "step": state.step,
+            "epoch": epoch_position(),
+            "split": "dev",
+            "loss": result.loss,
+            "acc": result.accuracy,
+            "best_acc": state.best_dev_acc,
+        }
+        if result.parse_accuracy is not None:
+            record["parse_acc"] = result.parse_accuracy
+        if main:
+            log.write(record)
+            if improved:
+                save_checkpoint(
+                    checkpoint_state(cfg, data.vocab, model, state, dev=split_metrics(result, data.dev)),
+                    run_dir / "best.pt",
+                )
+            save_last()
+        tqdm.write(
+            f"step {state.step}: dev acc {result.accuracy:.4f} (best {state.best_dev_acc:.4f} "
+            f"at step {state.best_step})"
+        )
+        return t.patience is not None and state.evals_since_best >= t.patience
+
+    def save_last() -> None:
+        if main:
+            save_checkpoint(
+                checkpoint_state(
+                    cfg,
+                    data.vocab,
+                    model,
+                    state,
+                    dev=None,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    sampler=sampler,
+                ),
+                run_dir / "last.pt",
+            )
+
+    def epoch_position() -> float:
+        position = sampler.state_dict()
+        return position["epoch"] + position["batches_consumed"] / max(steps_per_epoch, 1)
+
+    # Sums over the steps since the last log line; tensors so that a GPU is not synced every step.
+    loss_sum, correct, examples, window_start = (
+        torch.zeros((), device=device),
+        torch.zeros((), device=device),
+        0,
+        time.perf_counter(),
+    )
+    evaluated_at = None
+    reason = None
+    model.train()
+    with stop_on_signals() as stop:
+        while reason is None:
+            sampler.set_epoch(state.epoch)
+            for indices in sampler:
+                batch = collate_nli([data.train.dataset[i] for i in indices]).to(device)
+                with autocast:
+                    out = forward(batch)  # logits (B, 3)
+                    loss = model.loss(out, batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                bar.update(1)
+                loss_sum += loss.detach().float() * len(batch)
+                correct += (out.logits.argmax(dim=1) == batch.labels).sum()
+                examples += len(batch)
+
+                if state.step % t.log_every == 0:
+                    seconds = time.perf_counter() - window_start
+                    record = {
+                        "step": state.step,
+                        "epoch": epoch_position(),
+                        "split": "train",
+                        "loss": loss_sum.item() / examples,
+                        "acc": correct.item() / examples,
+                        "lr": scheduler.get_last_lr()[0],
+                        "examples_per_s": examples / seconds,
+                    }
+                    if main:
+                        log.write(record)
+                    bar.set_postfix(
+                        loss=f"{record['loss']:.3f}",
+                        acc=f"{record['acc']:.3f}",
+                        ex_s=f"{record['examples_per_s']:.0f}",
+                    )
+                    loss_sum.zero_()
+                    correct.zero_()
+                    examples, window_start = 0, time.perf_counter()
+
+                if state.step % t.eval_every == 0:
+                    evaluated_at = state.step
+                    eval_start = time.perf_counter()
+                    if evaluate_and_save():
+                        reason = "early_stopping"
+                    window_start += time.perf_counter() - eval_start  # examples/s counts training time only
+                if t.max_steps is not None and state.step >= t.max_steps:
+                    reason = reason or "max_steps"
+                if stop.signum is not None:
+                    reason = signal.Signals(stop.signum).name
+                if reason is not None:
+                    break
+            else:
+                state.epoch += 1
+                if t.epochs is not None and state.epoch >= t.epochs:
+                    reason = "epochs"
+        bar.close()
+        if stop.signum is not None:
+            save_last()
+            return reason
+        if evaluated_at != state.step:
+            evaluate_and_save()
+    return reason
+
+
+# ---------------------------------------------------------------------------------------------------
+# After training: the best checkpoint on dev and test, summary.json, learning_curve.png.
+# ---------------------------------------------------------------------------------------------------
+
+
+def summarize(
+    cfg: Config,
+    data: Data,
+    model: NLIClassifier,
+    state: TrainState,
+    reason: str,
+    run_dir: Path,
+    device: torch.device,
+    seconds: float,
+) -> dict[str, Any]:
+    """Evaluate the best checkpoint on test and write summary.json with its dev and test figures.
+
+    Its dev figures are those of the whole-dev evaluation that chose it (the same weights).
+    """
+    best = load_checkpoint(run_dir / "best.pt", map_location=device)
+    test = None
+    if data.test is not None:
+        model.load_state_dict(best["model"])
+        result = evaluate(
+            model,
+            data.test.dataset,
+            batch_size=cfg.train.eval_batch_size,
+            device=device,
+            progress=cfg.train.progress,
+            desc="best on test",
+        )
+        test = split_metrics(result, data.test)
+    summary = {
+        "stopped": reason,
+        "steps": state.step,
+        "epochs": state.epoch,
+        "train_seconds": round(seconds, 1),
+        "best_step": best["step"],
+        "best_checkpoint": str(run_dir / "best.pt"),
+        "dev": best["dev"],
+        "test": test,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def split_metrics(result: EvalResult, split: Split) -> dict[str, Any]:
+    """The figures of one whole-split evaluation, as checkpoints and summary.json store them."""
+    return {
+        "file": str(split.path),
+        "pairs": len(result.labels),
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "parse_accuracy": result.parse_accuracy,
+    }
+
+
+def plot_learning_curve(log_path: Path, out: Path) -> bool:
+    """Train loss and dev accuracy against steps, from log.jsonl; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    dev = [r for r in records if r["split"] == "dev"]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    ax_loss.plot([r["step"] for r in dev], [r["loss"] for r in dev], marker="o", label="dev")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
+    ax_acc.plot([r["step"] for r in train], [r["acc"] for r in train], label="train")
+    ax_acc.plot([r["step"] for r in dev], [r["acc"] for r in dev], marker="o", label="dev")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def dry_run(cfg: Config, data: Data, model: NLIClassifier, device: torch.device) -> None:
+    """One forward and backward pass on one training batch; nothing is written."""
+    indices = next(iter(setup_sampler(cfg, data)))
+    batch = collate_nli([data.train.dataset[i] for i in indices]).to(device)
+    model.train()
+    loss = model.loss(model(batch), batch.labels)
+    loss.backward()
+    print(
+        f"dry run: one batch of {len(batch)} pairs, loss {loss.item():.4f}; config, data and model are fine"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry point.
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train SPINN on NLI.",
+        epilog="example: python scripts/train.py --config configs/small.yaml --set optim.lr=1e-3",
+    )
+    parser.add_argument("--config", help="YAML config (see configs/); optional with --resume")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. optim.lr=1e-3",
+    )
+    parser.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check config, data and model on one batch; write nothing"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.max_steps is not None:
+        args.set.append(f"train.max_steps={args.max_steps}")
+    cfg, ckpt = setup_config(args)
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    device = cli.resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = setup_data(cfg, Vocab.from_dict(ckpt["vocab"]) if ckpt else None)
+    model = setup_model(cfg, data, device)
+    if args.dry_run:
+        dry_run(cfg, data, model, device)
+        return 0
+    run_dir = setup_run_dir(cfg, resuming=ckpt is not None)
+    optimizer = setup_optimizer(cfg, model)
+    scheduler = setup_scheduler(cfg, optimizer)
+    sampler = setup_sampler(cfg, data)
+    state = restore(ckpt, model, optimizer, scheduler, sampler) if ckpt else TrainState()
+    if cli.is_main_process() and ckpt is None:
+        save_config(cfg, run_dir / "config.yaml")
+        data.vocab.save(run_dir / "vocab.json")
+    log = setup_log(cfg, run_dir, state.step if ckpt else None)
+    if ckpt:
+        print(f"resuming {run_dir} at step {state.step} (epoch {state.epoch})")
+
+    start = time.perf_counter()
+    try:
+        reason = train(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device)
+    finally:
+        log.close()
+    seconds = time.perf_counter() - start
+    if reason in INTERRUPTIONS:
+        print(
+            f"{reason} at step {state.step}: saved {run_dir / 'last.pt'}; continue with "
+            f"python scripts/train.py --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 128 + signal.Signals[reason].value
+    if not cli.is_main_process():
+        return 0
+    summary = summarize(cfg, data, model, state, reason, run_dir, device, seconds)
+    if plot_learning_curve(run_dir / "log.jsonl", run_dir / "learning_curve.png"):
+        print(f"learning curve: {run_dir / 'learning_curve.png'}")
+    test = summary["test"]
+    print(
+        f"done ({reason}) after {state.step} steps in {seconds / 60:.1f} min; "
+        f"best step {summary['best_step']}: dev acc {summary['dev']['accuracy']:.4f}"
+        + (f", test acc {test['accuracy']:.4f}" if test else " (no test split)")
+        + f"; summary: {run_dir / 'summary.json'}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), run_train, argv)

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from spinn.config import Config, build_model
+from spinn.data.batching import NLIDataset, collate_nli
+from spinn.data.snli import NLIExample
+from spinn.data.vocab import Vocab
+from spinn.evaluate import EvalResult, classification_report, evaluate
+from spinn.transitions import balanced
+
+
+def test_classification_report_by_hand():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    preds = torch.tensor([0, 0, 1, 1, 2, 2])
+    report = classification_report(labels, preds)
+    assert report["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    ent, neu, con = (report["per_class"][k] for k in ("entailment", "neutral", "contradiction"))
+    assert (ent["precision"], ent["recall"], ent["support"]) == (1.0, 2 / 3, 3)
+    assert (neu["precision"], neu["recall"]) == (0.5, 0.5)
+    assert con["precision"] == 0.5 and con["recall"] == 1.0
+    assert con["f1"] == pytest.approx(2 / 3)
+    assert report["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+
+
+def _examples(n: int) -> list[NLIExample]:
+    words = "a man dog runs sits the park red".split()
+    out = []
+    for i in range(n):
+        p = [words[(i + k) % len(words)] for k in range(1 + i % 5)]
+        h = [words[(2 * i + k) % len(words)] for k in range(1 + i % 3)]
+        out.append(NLIExample(f"id{i}", p, balanced(len(p)), h, balanced(len(h)), i % 3))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["spinn_pi", "spinn"])
+def test_evaluate_covers_the_whole_split_in_its_order(variant):
+    """Accuracy and loss are over every pair (not the last batch), matching a pair-by-pair loop."""
+    examples = _examples(23)
+    vocab = Vocab.build([e.premise + e.hypothesis for e in examples])
+    dataset = NLIDataset(examples, vocab)
+    cfg = Config()
+    cfg.model.variant, cfg.model.d_embed, cfg.model.d_hidden, cfg.model.d_tracker = variant, 8, 8, 4
+    cfg.model.mlp_dim, cfg.model.freeze_embeddings = 8, False
+    torch.manual_seed(0)
+    model = build_model(cfg, len(vocab))
+    result = evaluate(model, dataset, batch_size=5, device=torch.device("cpu"), progress=False)
+    assert result.pair_ids == [e.pair_id for e in examples]
+    one_by_one = []
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            one_by_one.append(model(collate_nli([dataset[i]])).logits.softmax(dim=1)[0])
+    torch.testing.assert_close(result.probs, torch.stack(one_by_one), atol=1e-5, rtol=1e-4)
+    assert result.labels.tolist() == [e.label for e in examples]
+    expected = (torch.stack(one_by_one).argmax(1) == result.labels).float().mean().item()
+    assert result.accuracy == pytest.approx(expected)
+    if variant == "spinn":
+        assert result.parse_total == 2 * sum(len(e.premise) + len(e.hypothesis) for e in examples) - 2 * 23
+        assert 0 <= result.parse_correct <= result.parse_total
+    else:
+        assert result.parse_accuracy is None
+
+
+def test_eval_result_accuracy():
+    result = EvalResult(
+        torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]), torch.tensor([0, 2]), ["a", "b"], 0.3
+    )
+    assert result.predictions.tolist() == [0, 1] and result.accuracy == 0.5

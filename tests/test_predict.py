@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from spinn.errors import ParseError, SpinnError
+from spinn.predict import read_pairs, read_sentence
+from spinn.transitions import REDUCE, SHIFT
+
+
+def test_a_binary_parse_is_read_as_given():
+    s = read_sentence("( ( A dog ) runs )", lowercase=True, where="x")
+    assert (s.tokens, s.source) == (["a", "dog", "runs"], "given")
+    assert s.transitions == [SHIFT, SHIFT, REDUCE, SHIFT, REDUCE]
+
+
+def test_raw_text_is_tokenised_into_a_balanced_tree():
+    s = read_sentence("The dog (a puppy) isn't here.", lowercase=False, where="x")
+    assert s.tokens == ["The", "dog", "-LRB-", "a", "puppy", "-RRB-", "is", "n't", "here", "."]
+    assert s.source == "raw" and len(s.transitions) == 2 * len(s.tokens) - 1
+
+
+@pytest.mark.parametrize(("text", "error"), [("   ", SpinnError), ("( ( A dog ) )", ParseError)])
+def test_bad_sentences(text, error):
+    with pytest.raises(error, match="pair 3: premise"):
+        read_sentence(text, lowercase=False, where="pair 3: premise")
+
+
+def test_read_pairs_from_jsonl_and_tsv(tmp_path):
+    rows = [
+        {"pairID": "p1", "sentence1": "A dog runs.", "sentence2": "An animal moves."},
+        {
+            "sentence1_binary_parse": "( A dog )",
+            "sentence1": "A dog",
+            "premise": "x",
+            "hypothesis": "No dog.",
+        },
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    pairs = read_pairs(tmp_path / "p.jsonl")
+    assert [(p.premise, p.hypothesis, p.pair_id) for p in pairs] == [
+        ("A dog runs.", "An animal moves.", "p1"),
+        ("( A dog )", "No dog.", None),
+    ]
+    (tmp_path / "p.tsv").write_text("sentence1\tsentence2\nA cat.\tA pet.\n", encoding="utf-8")
+    assert [(p.premise, p.hypothesis) for p in read_pairs(tmp_path / "p.tsv")] == [("A cat.", "A pet.")]
+    (tmp_path / "bad.jsonl").write_text('{"sentence1": "A cat."}\n', encoding="utf-8")
+    with pytest.raises(
+        SpinnError, match=r"bad.jsonl:1: expected a non-empty field among sentence2_binary_parse"
+    ):
+        read_pairs(tmp_path / "bad.jsonl")

@@ -1,0 +1,153 @@
+"""Training on a slice of the real data: end to end through the scripts, and exact resume."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spinn.train import main as train_main
+from spinn.train import plot_learning_curve
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.d_hidden=16",
+    "model.d_tracker=8",
+    "model.mlp_dim=16",
+    "train.batch_size=16",
+    "train.eval_batch_size=64",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_dir, tmp_path_factory):
+    """The first rows of the real SNLI train sample and dev set, and the real GloVe file."""
+    root = tmp_path_factory.mktemp("data")
+    for name, rows in (("snli_1.0_train_0.01.jsonl", 96), ("snli_1.0_dev.jsonl", 80)):
+        with open(data_dir / "snli_1.0" / name, encoding="utf-8") as f:
+            (root / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
+    return [
+        f"data.data_dir={root}",
+        "data.train=snli_1.0_train_0.01.jsonl",
+        "data.dev=snli_1.0_dev.jsonl",
+        f"data.cache_dir={root / 'cache'}",
+        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+    ]
+
+
+def _log(run_dir: Path, split: str) -> list[dict]:
+    lines = (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, f"scripts/{name}.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
+    """As a user runs them: the small config on a slice of the real data, for 6 steps."""
+    run = tmp_path / "run"
+    overrides = [*TINY, *tiny_data, f"train.out_dir={run}", "train.max_steps=6", "train.eval_every=4"]
+    overrides += ["train.log_every=1"]
+    out = _script("train", "--config", "configs/small.yaml", *[a for o in overrides for a in ("--set", o)])
+    assert "done (max_steps) after 6 steps" in out.stdout
+
+    train_log, dev_log = _log(run, "train"), _log(run, "dev")
+    assert [r["step"] for r in train_log] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in dev_log] == [4, 6]
+    # Three balanced classes: an untrained classifier starts near chance, ln 3 = 1.1.
+    assert all(math.isfinite(r["loss"]) for r in train_log) and 0.7 < train_log[0]["loss"] < 2.0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"] is None and summary["dev"]["pairs"] == 79  # 80 rows, one without gold label
+    assert summary["dev"]["accuracy"] == max(r["acc"] for r in dev_log)
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        assert ckpt["config"]["model"]["d_hidden"] == 16 and ckpt["vocab"]["itos"][:2] == ["<pad>", "<unk>"]
+    assert (run / "config.yaml").exists() and (run / "vocab.json").exists()
+
+    out = _script("evaluate", "--checkpoint", str(run), "--split", "dev", "--no-progress")
+    assert f"accuracy {summary['dev']['accuracy']:.4f}" in out.stdout
+    predictions = (run / "predictions_dev.jsonl").read_text().splitlines()
+    assert len(predictions) == 79 and set(json.loads(predictions[0])) >= {
+        "pairID",
+        "gold_label",
+        "probabilities",
+    }
+    metrics = json.loads((run / "predictions_dev.metrics.json").read_text())
+    assert metrics["accuracy"] == summary["dev"]["accuracy"] and len(metrics["confusion"]) == 3
+
+    parse = "( ( A man ) ( plays ( a guitar ) ) )"
+    out = _script(
+        "predict",
+        "--checkpoint",
+        str(run / "best.pt"),
+        "--premise",
+        parse,
+        "--hypothesis",
+        "A person isn't idle.",
+    )
+    record = json.loads(out.stdout)
+    assert record["label"] in ("entailment", "neutral", "contradiction")
+    assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
+    assert record["premise_tree_source"] == "given" and record["hypothesis_tree_source"] == "balanced"
+    assert record["hypothesis_tree"] == "( ( ( a person ) is ) ( ( n't idle ) . ) )"  # lower-cased: GloVe 6B
+    assert "read as balanced binary trees" in out.stderr
+
+
+def test_resume_continues_exactly(tiny_data, tmp_path):
+    """Six batches per epoch; stopping after 8 steps and resuming to 15 crosses epochs on both sides."""
+    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common += ["--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "model.dropout=0.3"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert train_main([*common, "--set", f"train.out_dir={whole}", "--max-steps", "15"]) == 0
+    assert train_main([*common, "--set", f"train.out_dir={part}", "--max-steps", "8"]) == 0
+    assert train_main(["--resume", str(part), "--max-steps", "15", "--set", "train.progress=false"]) == 0
+
+    losses = [r["loss"] for r in _log(whole, "train")]
+    assert len(losses) == 15 and [r["loss"] for r in _log(part, "train")] == losses
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 15 and a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    args += ["--set", f"train.out_dir={run}"]
+    # data.limit keeps the first pairs of each split: 32 training pairs are 2 batches of 16.
+    assert train_main([*args, "--max-steps", "2", "--set", "data.limit=32"]) == 0
+    assert json.loads((run / "summary.json").read_text())["dev"]["pairs"] == 32
+    assert train_main([*args, "--max-steps", "3"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert train_main(["--resume", str(run), "--max-steps", "3", "--set", "model.d_hidden=32"]) == 0
+    assert "model.d_hidden: the checkpoint has 16, the config 32; resuming with 16" in capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["model"]["d_hidden"] == 16
+
+
+def test_learning_curve_png_where_matplotlib_is_installed(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = [
+        {"step": 1, "split": "train", "loss": 1.1, "acc": 0.3},
+        {"step": 2, "split": "train", "loss": 1.0, "acc": 0.4},
+        {"step": 2, "split": "dev", "loss": 1.05, "acc": 0.35},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not plot_learning_curve(log, tmp_path / "curve.png")
+        assert not (tmp_path / "curve.png").exists()
+    else:
+        assert plot_learning_curve(log, tmp_path / "curve.png")
+        assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
