@@ -36,6 +36,7 @@ import torch
 from spinn.errors import SpinnError
 
 FORMAT_VERSION = 1
+_TMP_SUFFIX = ".tmp"
 #: The keys every checkpoint has; training checkpoints add optimizer, scheduler and sampler.
 REQUIRED_KEYS = ("format_version", "config", "vocab", "model", "step")
 
@@ -51,17 +52,50 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     over `path`, so a crash at any moment leaves either the old checkpoint or the new one, whole.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
     payload = {"format_version": FORMAT_VERSION, "torch_version": str(torch.__version__), **state}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({err.strerror or err}); the previous {path.name}, if any, "
+            f"is intact"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files of checkpoint writes cut short by a crash (the checkpoints are whole)."""
+    for tmp in Path(folder).glob(f".*.pt.*{_TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Check that a checkpoint's `weights` have exactly the names and shapes of `model`'s.
+
+    Raises:
+        CheckpointError: naming the first weight that is missing, unexpected or of another shape.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: the weights do not fit the model its config builds: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    for name, tensor in own.items():
+        if weights[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{where}: model weight {name!r} has shape {tuple(weights[name].shape)} in the checkpoint, "
+                f"but the model its config builds expects {tuple(tensor.shape)}"
+            )
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -78,6 +112,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / "best.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    # torch.save writes a zip archive; anything else (a truncated or damaged file) is not one of ours.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): expected the zip archive torch.save "
+            f"writes"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -14,6 +14,8 @@ from spinn.errors import SpinnError
 
 #: Exit status for a user error (bad data, config, checkpoint or argument), as argparse uses.
 EXIT_USER_ERROR = 2
+#: Exit status after Ctrl-C, as a shell reports a process killed by SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 def run(
@@ -35,6 +37,11 @@ def run(
             raise
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def is_main_process() -> bool:

@@ -28,6 +28,7 @@ from spinn.model.classifier import NLIClassifier
 
 Variant = Literal["spinn_pi_nt", "spinn_pi", "spinn"]
 Optimizer = Literal["rmsprop", "adam", "sgd"]
+TooLong = Literal["error", "skip", "truncate"]
 VARIANTS_WITH_TRACKER = ("spinn_pi", "spinn")
 
 
@@ -56,6 +57,11 @@ class DataConfig:
     limit: int | None = None
     #: Where preprocessed-dataset caches go; null: next to each data file (skipped where read-only).
     cache_dir: str | None = None
+    #: The most words a sentence may have; null: no limit.
+    max_length: int | None = None
+    #: A pair with a sentence over max_length: error (stop, naming the line), skip (leave it out and
+    #: count it) or truncate (keep the first max_length words, still one binary tree).
+    too_long: TooLong = "error"
 
     def path(self, name: str | None) -> Path | None:
         """`name` resolved against `data_dir`; None stays None."""
@@ -185,7 +191,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         try:
             raw = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
         cfg = config_from_dict({} if raw is None else raw, str(path))
     cfg = apply_overrides(cfg, overrides)
     try:
@@ -230,7 +236,7 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         try:
             value = yaml.load(text, Loader=_Loader) if text.strip() else None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: the value is not valid YAML ({err})") from None
+            raise ConfigError(f"{where}: the value is not valid YAML ({_yaml_problem(err)})") from None
         section_name, dot, name = key.partition(".")
         sections = {f.name: f for f in dataclasses.fields(Config)}
         if section_name not in sections:
@@ -277,6 +283,7 @@ def validate(cfg: Config) -> None:
         "train.max_steps": t.max_steps,
         "train.patience": t.patience,
         "data.limit": d.limit,
+        "data.max_length": d.max_length,
     }
     for key, value in {**positive, **optional_positive}.items():
         if value is not None and value <= 0:
@@ -358,6 +365,13 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     if value is None:
         expected += " (null is not allowed here)"
     raise ConfigError(f"{where}: key {key!r}: expected {expected}, found {_show(value)}")
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The problem and where it is, on one line (PyYAML's own message spans several)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return problem if mark is None else f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _unknown(key: str, valid: list[str], prefix: str) -> str:

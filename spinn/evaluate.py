@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spinn import cli
-from spinn.checkpoint import load_checkpoint
+from spinn import cli, distributed
+from spinn.checkpoint import check_weights_fit, load_checkpoint
 from spinn.config import Config, DataConfig, build_model, config_from_dict
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
 from spinn.data.cache import NLITable, load_nli
@@ -101,13 +101,28 @@ def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITab
             skip_invalid=data.skip_invalid,
             progress=progress,
             cache_dir=data.cache_dir,
+            max_length=data.max_length,
+            too_long=data.too_long,
         )
     else:
         # A limited read is for smoke tests: parse the file and keep the first pairs, uncached.
-        nli = read_nli(path, lowercase=data.lowercase, skip_invalid=data.skip_invalid, progress=progress)
-        table = NLITable.from_examples(nli.examples[: data.limit], no_gold=nli.no_gold, invalid=nli.invalid)
+        nli = read_nli(
+            path,
+            lowercase=data.lowercase,
+            skip_invalid=data.skip_invalid,
+            progress=progress,
+            max_length=data.max_length,
+            too_long=data.too_long,
+        )
+        table = NLITable.from_examples(
+            nli.examples[: data.limit], no_gold=nli.no_gold, invalid=nli.invalid, too_long=nli.too_long
+        )
     if len(table) == 0:
-        raise SpinnError(f"{path}: no labelled sentence pairs ({table.no_gold} rows without a gold label)")
+        raise SpinnError(
+            f"{path}: no usable sentence pairs, expected at least one; found {table.no_gold} row(s) without "
+            f"a gold label, {table.invalid} invalid row(s) skipped (data.skip_invalid) and "
+            f"{table.too_long if data.too_long == 'skip' else 0} pair(s) over data.max_length skipped"
+        )
     return table
 
 
@@ -130,6 +145,8 @@ def evaluate(
 ) -> EvalResult:
     """Run `model` over every pair of `dataset` (batched by length) and collect its predictions.
 
+    In a distributed run each rank scores its shard (`spinn.distributed.shard`) and every rank
+    returns the figures of the whole split, summed over the ranks: each pair counted once.
     The model is left in eval mode; the caller switches back to training.
     """
     model.eval()
@@ -138,10 +155,13 @@ def evaluate(
     labels = torch.zeros(n, dtype=torch.long)
     total_loss = 0.0
     parse_correct = parse_total = 0
-    sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=False)
+    distributed.broadcast_buffers(model)  # every rank scores with rank 0's batch-norm statistics
+    mine = distributed.shard(n)  # (n / K,) this rank's pairs; all of them in a single process
+    sampler = BucketBatchSampler(dataset.lengths[mine], batch_size, shuffle=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    for indices in tqdm(sampler, desc=desc, leave=False, disable=not progress, unit="batch"):
-        batch = collate_nli([dataset[i] for i in indices]).to(device)
+    for local in tqdm(sampler, desc=desc, leave=False, disable=not progress, unit="batch"):
+        indices = mine[local].tolist()
+        batch = collate_nli([dataset[i] for i in indices], schedule=True).to(device)
         with autocast:
             out = model(batch)
         logits = out.logits.float()
@@ -156,6 +176,10 @@ def evaluate(
                 real = given != PAD
                 parse_correct += int(((predicted == given) & real).sum())
                 parse_total += int(real.sum())
+    # Rows of other ranks' pairs are zero here, so sums over the ranks fill in the whole split.
+    sums = torch.tensor([total_loss, parse_correct, parse_total], dtype=torch.float64)
+    probs, labels, sums = distributed.sum_over_ranks(probs, labels, sums)
+    total_loss, parse_correct, parse_total = sums[0].item(), int(sums[1]), int(sums[2])
     return EvalResult(probs, labels, dataset.pair_ids, total_loss / max(n, 1), parse_correct, parse_total)
 
 
@@ -192,10 +216,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     cfg = config_from_dict(ckpt["config"], f"{where}: config")
     vocab = Vocab.from_dict(ckpt["vocab"])
     model = build_model(cfg, len(vocab))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise SpinnError(f"{where}: the weights do not fit the model of its config: {err}") from None
+    check_weights_fit(model, ckpt["model"], str(where))
+    model.load_state_dict(ckpt["model"])
     return LoadedModel(model.to(device).eval(), vocab, cfg, where, int(ckpt["step"]))
 
 

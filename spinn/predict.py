@@ -153,6 +153,13 @@ def predict(
             )
             for i, p in enumerate(chunk)
         ]
+        for i, (a, b) in enumerate(sentences):
+            for side, s in (("premise", a), ("hypothesis", b)):
+                if not any(t in vocab for t in s.tokens):
+                    raise SpinnError(
+                        f"pair {start + i + 1}: {side}: none of its {len(s.tokens)} words is in the model's "
+                        f"vocabulary ({' '.join(s.tokens[:8])}), expected at least one known word"
+                    )
         items = [
             NLIItem(vocab.encode(a.tokens), a.transitions, vocab.encode(b.tokens), b.transitions, 0, str(i))
             for i, (a, b) in enumerate(sentences)

@@ -34,8 +34,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from spinn import cli
-from spinn.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from spinn import cli, distributed
+from spinn.checkpoint import (
+    check_weights_fit,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from spinn.config import (
     Config,
     apply_overrides,
@@ -47,7 +54,7 @@ from spinn.config import (
     save_config,
     validate,
 )
-from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
+from spinn.data.batching import BucketBatchSampler, NLIBatch, NLIDataset, collate_nli
 from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
@@ -62,6 +69,8 @@ FIXED_ON_RESUME = (
     "data.train",
     "data.lowercase",
     "data.limit",
+    "data.max_length",
+    "data.too_long",
     "train.seed",
     "train.batch_size",
 )
@@ -100,8 +109,19 @@ class RunLog:
     tensorboard: Any = None
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one line.
+
+        Raises:
+            SpinnError: the line cannot be written (a full disk); the checkpoints are untouched.
+        """
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise SpinnError(
+                f"{self.path}: cannot write the log ({err.strerror or err}); the checkpoints next to it are "
+                f"intact: free some space and continue with --resume {self.path.parent}"
+            ) from None
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch", "split") and isinstance(value, int | float):
@@ -158,6 +178,8 @@ def setup_run_dir(cfg: Config, resuming: bool) -> Path:
             f"{out}: already holds a run (last.pt); continue it with --resume {out}, "
             f"or start a new one elsewhere with --set train.out_dir=OTHER_DIR"
         )
+    if resuming and cli.is_main_process():
+        remove_stale_temporaries(out)
     if cli.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
     return out
@@ -232,22 +254,20 @@ def setup_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.opti
 
 
 def setup_sampler(cfg: Config, data: Data) -> BucketBatchSampler:
-    return BucketBatchSampler(
-        data.train.dataset.lengths, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed
-    )
+    """This rank's batches: ``train.batch_size`` is the global batch, split over the ranks."""
+    return distributed.train_sampler(data.train.dataset.lengths, cfg.train.batch_size, cfg.train.seed)
 
 
 def setup_log(cfg: Config, run_dir: Path, resume_step: int | None) -> RunLog:
     """Open log.jsonl; on resume drop lines logged after the checkpoint, which the run will redo."""
     path = run_dir / "log.jsonl"
+    if not cli.is_main_process():
+        return RunLog(path)  # the other ranks of a distributed run never write it
     if resume_step is None:
         path.write_text("", encoding="utf-8")
     elif path.exists():
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if json.loads(line)["step"] <= resume_step
-        ]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if (step := _logged_step(line)) is not None and step <= resume_step]
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         tmp.replace(path)
@@ -260,6 +280,27 @@ def setup_log(cfg: Config, run_dir: Path, resume_step: int | None) -> RunLog:
         else:
             writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
     return RunLog(path, writer)
+
+
+def _non_finite_loss(
+    loss: torch.Tensor, state: TrainState, sampler: BucketBatchSampler, batch: NLIBatch, run_dir: Path
+) -> SpinnError:
+    batch_no = sampler.state_dict()["batches_consumed"]
+    pairs = ", ".join(batch.pair_ids[:4]) + (", ..." if len(batch) > 4 else "")
+    return SpinnError(
+        f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {len(sampler)}): the training "
+        f"loss is {loss.item()}, expected a finite number; stopped without saving, so {run_dir} keeps its "
+        f"last good checkpoints (pairs of this batch: {pairs}). Lower optim.lr or set optim.grad_clip, "
+        f"then --resume {run_dir}"
+    )
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a log line; None for a line cut short by a crash or a full disk."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def seed_everything(seed: int) -> None:
@@ -283,14 +324,15 @@ def restore(
     missing = [k for k in ("optimizer", "scheduler", "sampler", "rng", "state") if k not in ckpt]
     if missing:
         raise SpinnError(f"cannot resume from a checkpoint without {', '.join(missing)} (use last.pt)")
+    check_weights_fit(model, ckpt["model"], "the checkpoint to resume from")
+    model.load_state_dict(ckpt["model"])
     try:
-        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError) as err:
-        raise SpinnError(f"the checkpoint's states do not fit the model its config builds: {err}") from None
+        raise SpinnError(f"the checkpoint's optimizer state does not fit the model: {err}") from None
     scheduler.load_state_dict(ckpt["scheduler"])
-    sampler.load_state_dict(ckpt["sampler"])
-    set_rng_state(ckpt["rng"])
+    sampler.load_state_dict(distributed.sampler_state(ckpt["sampler"]))
+    set_rng_state(ckpt["rng_ranks"][distributed.rank()] if "rng_ranks" in ckpt else ckpt["rng"])
     return TrainState(**ckpt["state"])
 
 
@@ -304,8 +346,12 @@ def checkpoint_state(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
     sampler: BucketBatchSampler | None = None,
+    rng_ranks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given."""
+    """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given.
+
+    `rng_ranks`: every rank's `rng_state` in a distributed run (ckpt["rng"] is rank 0's).
+    """
     ckpt = {
         "config": config_to_dict(cfg),
         "vocab": vocab.to_dict(),
@@ -323,6 +369,8 @@ def checkpoint_state(
             sampler=sampler.state_dict(),
             rng=rng_state(),
         )
+        if rng_ranks is not None and len(rng_ranks) > 1:
+            ckpt["rng_ranks"] = rng_ranks
     return ckpt
 
 
@@ -376,7 +424,9 @@ def train(
     """
     t = cfg.train
     main = cli.is_main_process()
-    forward = torch.compile(model) if t.compile else model
+    # DistributedDataParallel under torchrun, the model itself otherwise; checkpoints save `model`.
+    wrapped = distributed.wrap(model, device)
+    forward = torch.compile(wrapped) if t.compile else wrapped
     bf16 = t.bf16 and device.type == "cuda"
     if t.bf16 and not bf16:
         warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}", stacklevel=2)
@@ -426,7 +476,7 @@ def train(
                     checkpoint_state(cfg, data.vocab, model, state, dev=split_metrics(result, data.dev)),
                     run_dir / "best.pt",
                 )
-            save_last()
+        save_last()
         tqdm.write(
             f"step {state.step}: dev acc {result.accuracy:.4f} (best {state.best_dev_acc:.4f} "
             f"at step {state.best_step})"
@@ -434,6 +484,8 @@ def train(
         return t.patience is not None and state.evals_since_best >= t.patience
 
     def save_last() -> None:
+        """Every rank calls it: it gathers each rank's random state, for an exact resume."""
+        rng_ranks = distributed.gather_to_main(rng_state())
         if main:
             save_checkpoint(
                 checkpoint_state(
@@ -445,6 +497,7 @@ def train(
                     optimizer=optimizer,
                     scheduler=scheduler,
                     sampler=sampler,
+                    rng_ranks=rng_ranks,
                 ),
                 run_dir / "last.pt",
             )
@@ -462,15 +515,23 @@ def train(
     )
     evaluated_at = None
     reason = None
+    # A run resumed from its final checkpoint (killed while summarising) has no step left to take.
+    if t.max_steps is not None and state.step >= t.max_steps:
+        reason = "max_steps"
+    elif t.epochs is not None and state.epoch >= t.epochs:
+        reason = "epochs"
     model.train()
     with stop_on_signals() as stop:
         while reason is None:
             sampler.set_epoch(state.epoch)
             for indices in sampler:
-                batch = collate_nli([data.train.dataset[i] for i in indices]).to(device)
+                batch = collate_nli([data.train.dataset[i] for i in indices], schedule=True).to(device)
                 with autocast:
                     out = forward(batch)  # logits (B, 3)
                     loss = model.loss(out, batch.labels)
+                if not torch.isfinite(loss):
+                    # Stop before the step spoils the weights; the checkpoints on disk predate it.
+                    raise _non_finite_loss(loss, state, sampler, batch, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.optim.grad_clip is not None:
@@ -485,14 +546,18 @@ def train(
 
                 if state.step % t.log_every == 0:
                     seconds = time.perf_counter() - window_start
+                    # Summed over the ranks: the figures of the global batches and of the whole run.
+                    n = torch.tensor(float(examples), device=device)
+                    (window,) = distributed.sum_over_ranks(torch.stack([loss_sum, correct.float(), n]))
+                    window_loss, window_correct, window_examples = window.tolist()
                     record = {
                         "step": state.step,
                         "epoch": epoch_position(),
                         "split": "train",
-                        "loss": loss_sum.item() / examples,
-                        "acc": correct.item() / examples,
+                        "loss": window_loss / window_examples,
+                        "acc": window_correct / window_examples,
                         "lr": scheduler.get_last_lr()[0],
-                        "examples_per_s": examples / seconds,
+                        "examples_per_s": window_examples / seconds,
                     }
                     if main:
                         log.write(record)
@@ -513,8 +578,9 @@ def train(
                     window_start += time.perf_counter() - eval_start  # examples/s counts training time only
                 if t.max_steps is not None and state.step >= t.max_steps:
                     reason = reason or "max_steps"
-                if stop.signum is not None:
-                    reason = signal.Signals(stop.signum).name
+                # All ranks leave at the same step, whichever of them caught the signal.
+                if distributed.any_rank(stop.signum is not None, device):
+                    reason = signal.Signals(stop.signum or signal.SIGTERM).name
                 if reason is not None:
                     break
             else:
@@ -522,7 +588,7 @@ def train(
                 if t.epochs is not None and state.epoch >= t.epochs:
                     reason = "epochs"
         bar.close()
-        if stop.signum is not None:
+        if reason in INTERRUPTIONS:
             save_last()
             return reason
         if evaluated_at != state.step:
@@ -618,7 +684,7 @@ def plot_learning_curve(log_path: Path, out: Path) -> bool:
 def dry_run(cfg: Config, data: Data, model: NLIClassifier, device: torch.device) -> None:
     """One forward and backward pass on one training batch; nothing is written."""
     indices = next(iter(setup_sampler(cfg, data)))
-    batch = collate_nli([data.train.dataset[i] for i in indices]).to(device)
+    batch = collate_nli([data.train.dataset[i] for i in indices], schedule=True).to(device)
     model.train()
     loss = model.loss(model(batch), batch.labels)
     loss.backward()
@@ -661,7 +727,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    device = cli.resolve_device(cfg.train.device)
+    device = distributed.setup(cli.resolve_device(cfg.train.device))
+    # The global batch must split evenly over the ranks: fail now, before reading the data.
+    distributed.local_batch_size(cfg.train.batch_size)
     seed_everything(cfg.train.seed)
     data = setup_data(cfg, Vocab.from_dict(ckpt["vocab"]) if ckpt else None)
     model = setup_model(cfg, data, device)
@@ -673,9 +741,25 @@ def run_train(args: argparse.Namespace) -> int:
     scheduler = setup_scheduler(cfg, optimizer)
     sampler = setup_sampler(cfg, data)
     state = restore(ckpt, model, optimizer, scheduler, sampler) if ckpt else TrainState()
+    if ckpt is None and distributed.world_size() > 1:
+        torch.manual_seed(cfg.train.seed + distributed.rank())  # each rank its own dropout masks
     if cli.is_main_process() and ckpt is None:
         save_config(cfg, run_dir / "config.yaml")
         data.vocab.save(run_dir / "vocab.json")
+        # A checkpoint of step 0: a run killed before its first evaluation can be resumed too.
+        save_checkpoint(
+            checkpoint_state(
+                cfg,
+                data.vocab,
+                model,
+                state,
+                dev=None,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                sampler=sampler,
+            ),
+            run_dir / "last.pt",
+        )
     log = setup_log(cfg, run_dir, state.step if ckpt else None)
     if ckpt:
         print(f"resuming {run_dir} at step {state.step} (epoch {state.epoch})")
@@ -685,6 +769,8 @@ def run_train(args: argparse.Namespace) -> int:
         reason = train(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device)
     finally:
         log.close()
+    # The test evaluation and the summary run on rank 0 alone; the other ranks are done.
+    distributed.teardown()
     seconds = time.perf_counter() - start
     if reason in INTERRUPTIONS:
         print(
@@ -709,4 +795,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run(build_parser(), run_train, argv)
+    # Under torchrun: messages from rank 0 only, and the process group left however the run ends.
+    with distributed.quiet_unless_main():
+        try:
+            return cli.run(build_parser(), run_train, argv)
+        finally:
+            distributed.teardown()

@@ -2,8 +2,12 @@
 
 A cache file holds a ``key`` (format version, the source file's resolved path, size and mtime, and the
 reading options) next to its payload of tensors and plain lists; it is written with `torch.save` to a
-temporary file and moved into place with `os.replace`, and read back with ``weights_only=True``. When
-the key differs (the source changed, or the format did) the cache is stale and is rebuilt in place.
+temporary file of a unique name and moved into place with `os.replace`, so a reader sees either the
+old file or the new one whole, and processes that build the same cache at once each write their own
+temporary file and the last rename wins (the contents are equal). It is read back with
+``weights_only=True`` only: a cache file cannot run code, whoever wrote it. When the key differs (the
+source changed, or the format did) the cache is stale and is rebuilt in place; a file that cannot be
+read (truncated, corrupt, or not a plain-data pickle) is rebuilt with a warning.
 
 By default a cache file lives next to its source as ``<source name>.<tag>.pt``; ``cache_dir`` puts it
 elsewhere. Where the folder is not writable the data is still returned, with a warning, uncached.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,7 +35,7 @@ import torch
 from spinn.data.snli import NLIExample, read_nli
 from spinn.errors import SpinnError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def source_key(path: Path) -> dict[str, Any]:
@@ -54,19 +59,26 @@ def load_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not isinstance(obj, dict) or obj.get("key") != {"version": CACHE_VERSION, **key}:
         return None
+    if not isinstance(obj.get("payload"), dict):
+        warnings.warn(f"{path}: cache without a payload; rebuilding it", stacklevel=2)
+        return None
     return obj["payload"]
 
 
 def save_cache(path: Path, key: dict[str, Any], payload: dict[str, Any]) -> bool:
     """Write `payload` atomically; warn and return False where the folder cannot be written."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": {"version": CACHE_VERSION, **key}, "payload": payload}, tmp)
+        fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"key": {"version": CACHE_VERSION, **key}, "payload": payload}, f)
         os.replace(tmp, path)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         warnings.warn(f"{path}: cannot write the cache ({err}); continuing without it", stacklevel=2)
         return False
     return True
@@ -96,6 +108,7 @@ class NLITable:
     genres: list[str | None] | None = None
     no_gold: int = 0
     invalid: int = 0
+    too_long: int = 0
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -105,7 +118,9 @@ class NLITable:
         return dict(zip(self.words, self.word_counts.tolist(), strict=True))
 
     @classmethod
-    def from_examples(cls, examples: Sequence[NLIExample], *, no_gold: int = 0, invalid: int = 0) -> NLITable:
+    def from_examples(
+        cls, examples: Sequence[NLIExample], *, no_gold: int = 0, invalid: int = 0, too_long: int = 0
+    ) -> NLITable:
         # Assigns the next id to each new word at C speed: d[w] inserts len(d) when w is missing.
         local: defaultdict[str, int] = defaultdict()
         local.default_factory = local.__len__
@@ -144,6 +159,7 @@ class NLITable:
             genres=genres if any(g is not None for g in genres) else None,
             no_gold=no_gold,
             invalid=invalid,
+            too_long=too_long,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -185,20 +201,30 @@ def load_nli(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     workers: int = 1,
+    max_length: int | None = None,
+    too_long: str = "error",
 ) -> NLITable:
     """`spinn.data.snli.read_nli` into an `NLITable`, cached so that a second call skips parsing.
 
     Args:
         workers: processes that parse an uncompressed ``.jsonl`` of at least 64 MB in parallel, one
             contiguous part each (no progress bar then); other files are read in this process.
+        max_length, too_long: the sentence length policy of `spinn.data.snli.read_nli`.
 
     Raises:
         SpinnError: as `read_nli`.
     """
     path = Path(path)
+    options = {
+        "lowercase": lowercase,
+        "skip_invalid": skip_invalid,
+        "max_length": max_length,
+        "too_long": too_long,
+    }
     if use_cache:
-        options = {"lowercase": lowercase, "skip_invalid": skip_invalid}
         tag = "nli" + ("-lower" if lowercase else "") + ("-skip" if skip_invalid else "")
+        if max_length is not None:
+            tag += f"-max{max_length}{too_long}"
         target = cache_path(path, tag, cache_dir)
         key = {"source": source_key(path) if path.is_file() else None, "options": options}
         payload = load_cache(target, key)
@@ -210,10 +236,12 @@ def load_nli(
         and path.is_file()
         and path.stat().st_size >= PARALLEL_MIN_BYTES
     ):
-        table = _read_parallel(path, workers, lowercase=lowercase, skip_invalid=skip_invalid)
+        table = _read_parallel(path, workers, **options)
     else:
-        data = read_nli(path, lowercase=lowercase, skip_invalid=skip_invalid, progress=progress)
-        table = NLITable.from_examples(data.examples, no_gold=data.no_gold, invalid=data.invalid)
+        data = read_nli(path, progress=progress, **options)
+        table = NLITable.from_examples(
+            data.examples, no_gold=data.no_gold, invalid=data.invalid, too_long=data.too_long
+        )
     if use_cache:
         save_cache(target, key, table.to_payload())
     return table
@@ -223,7 +251,7 @@ def load_nli(
 PARALLEL_MIN_BYTES = 64 << 20
 
 
-def _read_parallel(path: Path, workers: int, **options: bool) -> NLITable:
+def _read_parallel(path: Path, workers: int, **options: Any) -> NLITable:
     """Split the file at line starts into `workers` parts, parse them in processes, and merge."""
     size = path.stat().st_size
     bounds = [0]
@@ -254,11 +282,14 @@ def _read_parallel(path: Path, workers: int, **options: bool) -> NLITable:
     return _merge([NLITable.from_payload(_map_tensors(p, torch.as_tensor)) for p in parts])
 
 
-def _read_part(path: Path, byte_range: tuple[int, int], first_line: int, options: dict[str, bool]) -> dict:
+def _read_part(path: Path, byte_range: tuple[int, int], first_line: int, options: dict[str, Any]) -> dict:
     # As in DataLoader workers: a forked child must not use the parent's OpenMP thread pool.
     torch.set_num_threads(1)
     data = read_nli(path, progress=False, byte_range=byte_range, first_line=first_line, **options)
-    payload = NLITable.from_examples(data.examples, no_gold=data.no_gold, invalid=data.invalid).to_payload()
+    table = NLITable.from_examples(
+        data.examples, no_gold=data.no_gold, invalid=data.invalid, too_long=data.too_long
+    )
+    payload = table.to_payload()
     # Tensors would travel through torch's shared-memory file descriptors; numpy arrays pickle plainly.
     return _map_tensors(payload, torch.Tensor.numpy)
 
@@ -300,4 +331,5 @@ def _merge(parts: list[NLITable]) -> NLITable:
         genres=[g for t in parts for g in (t.genres or [None] * len(t))] if has_genres else None,
         no_gold=sum(t.no_gold for t in parts),
         invalid=sum(t.invalid for t in parts),
+        too_long=sum(t.too_long for t in parts),
     )

@@ -14,6 +14,7 @@ known the entry has no checksum and a warning says so, unless the caller supplie
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -135,7 +137,8 @@ def extract(archive: Path, root: Path) -> list[Path]:
     """Extract every file of zip `archive` under `root`, after checking that all of them stay there.
 
     Raises:
-        SpinnError: a member with an absolute path, a ``..`` component, a drive, or a symbolic link.
+        SpinnError: a member with an absolute path, a ``..`` component, a drive, or a symbolic link;
+            or an archive that is not a zip or whose data is truncated or corrupt.
     """
     root_resolved = root.resolve()
     try:
@@ -165,8 +168,14 @@ def extract(archive: Path, root: Path) -> list[Path]:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+                target.unlink(missing_ok=True)
+                raise SpinnError(
+                    f"{archive}: member {info.filename!r} is truncated or corrupt ({err})"
+                ) from None
             files.append(target)
     return files
 
@@ -209,11 +218,15 @@ def _fetch(url: str, target: Path, progress: bool) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
+            received = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, OSError) as err:
+            if total is not None and received != total:
+                raise OSError(f"connection closed after {received} of {total} bytes")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         part.unlink(missing_ok=True)
         raise SpinnError(f"{url}: download failed ({err})") from None
     os.replace(part, target)

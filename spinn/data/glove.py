@@ -6,8 +6,13 @@ them. Only lines whose word is in the vocabulary are converted to floats; the re
 which is what makes a 2.2-million-row file load fast. A word listed twice keeps its first vector.
 
 Words not found: ``<pad>`` (id 0) is all zeros; every other missing word (``<unk>`` included) is drawn
-from a normal distribution with mean 0 and the standard deviation of all found values (1 when none
-is found), from a generator seeded with ``seed``, so the matrix is reproducible.
+from a normal distribution with mean 0 and the standard deviation of all found values, from a
+generator seeded with ``seed``, so the matrix is reproducible.
+
+Coverage: a vocabulary none of whose words is in the file is an error (the wrong file, or cased data
+against the lower-case 6B/42B vectors); one with fewer than `LOW_COVERAGE` of its words found gets a
+warning with the figure. Words are matched as UTF-8 bytes; a byte-order mark before the first word
+is ignored. A truncated or corrupt ``.gz`` or ``.zip`` is an error naming the file.
 
 The result is cached as ``<source name>.<dim>d.<vocabulary hash>.pt`` next to the source (or in
 ``cache_dir``), keyed on the source file's path, size and mtime; see `spinn.data.cache`.
@@ -18,7 +23,9 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +41,9 @@ from spinn.data.vocab import PAD_ID, Vocab
 from spinn.errors import SpinnError, at
 
 _PROGRESS_EVERY = 16384
+#: Below this fraction of vocabulary words found, `load_glove` warns.
+LOW_COVERAGE = 0.5
+_BOM = b"\xef\xbb\xbf"
 _FLOAT = re.compile(rb"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf)", re.IGNORECASE)
 
 
@@ -72,9 +82,12 @@ def load_glove(
         cache_dir: where to cache the result; next to the source when None.
         seed: seeds the initialisation of words not found.
 
+    Warns:
+        UserWarning: fewer than `LOW_COVERAGE` of the vocabulary words were found.
+
     Raises:
-        SpinnError: a missing file, a zip without a matching member, or a line whose number of values
-            is not `dim` (naming the file and line).
+        SpinnError: a missing, truncated or corrupt file, a zip without a matching member, a line whose
+            number of values is not `dim` (naming the file and line), or no vocabulary word found.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,18 +99,25 @@ def load_glove(
     if use_cache:
         payload = load_cache(target, key)
         if payload is not None and payload["words"] == vocab.itos:
+            _check_coverage(path, int(payload["found"]), len(vocab))
             return GloveResult(payload["vectors"], int(payload["found"]), len(vocab), payload["found_mask"])
 
     vectors = np.zeros((len(vocab), dim), dtype=np.float32)
     found_mask = np.zeros(len(vocab), dtype=bool)
     wanted = {w.encode("utf-8"): i for i, w in enumerate(vocab.itos) if i != PAD_ID}
-    with _open_glove(path, dim) as (stream, name, size, position):
-        _scan(stream, name, dim, wanted, vectors, found_mask, size, position, progress)
+    try:
+        with _open_glove(path, dim) as (stream, name, size, position):
+            _scan(stream, name, dim, wanted, vectors, found_mask, size, position, progress)
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
+        raise SpinnError(
+            f"{path}: cannot read this GloVe file ({err}); is it truncated or corrupt?"
+        ) from None
 
     found = int(found_mask.sum())
+    _check_coverage(path, found, len(vocab))
     missing = ~found_mask
     missing[PAD_ID] = False
-    std = float(vectors[found_mask].std()) if found else 1.0
+    std = float(vectors[found_mask].std())
     g = torch.Generator().manual_seed(seed)
     vectors[missing] = (torch.randn(int(missing.sum()), dim, generator=g) * std).numpy()
     vectors[PAD_ID] = 0.0
@@ -109,6 +129,18 @@ def load_glove(
             {"vectors": result.vectors, "found": found, "found_mask": result.found_mask, "words": vocab.itos},
         )
     return result
+
+
+def _check_coverage(path: Path, found: int, total: int) -> None:
+    hint = "is it the right file, and does the data's casing match it (glove.6B and 42B are lower-case)?"
+    if found == 0:
+        raise SpinnError(f"{path}: none of the {total} vocabulary words has a vector; {hint}")
+    if found < LOW_COVERAGE * total:
+        warnings.warn(
+            f"{path}: only {found} of {total} vocabulary words ({found / total:.1%}) have a vector, "
+            f"the rest are random; {hint}",
+            stacklevel=3,
+        )
 
 
 def _scan(
@@ -124,6 +156,8 @@ def _scan(
 ) -> None:
     with tqdm(total=size, unit="B", unit_scale=True, desc=Path(name).name, disable=not progress) as bar:
         for line_no, line in enumerate(stream, 1):
+            if line_no == 1 and line.startswith(_BOM):
+                line = line[len(_BOM) :]
             if line_no % _PROGRESS_EVERY == 0:
                 bar.update(position() - bar.n)
             # The common case, checked without copying the line: the word, then exactly dim values.
@@ -138,9 +172,10 @@ def _scan(
                 # too many show as a number right after the first part of the would-be word.
                 fields = line.rsplit(b" ", dim)
                 if len(fields) <= dim or _FLOAT.fullmatch(fields[0].split(b" ")[-1]):
-                    raise SpinnError(
-                        f"{at(name, line_no)}: {len(line.split()) - 1} values after the word, expected {dim}"
-                    )
+                    n = len(line.split()) - 1
+                    # On the first line the likely cause is a file of another size, not one bad line.
+                    other = f": this file holds {n}-d vectors, not {dim}-d" if line_no == 1 else ""
+                    raise SpinnError(f"{at(name, line_no)}: {n} values after the word, expected {dim}{other}")
                 word, values = fields[0], b" ".join(fields[1:])
             i = wanted.get(word)
             if i is None or found_mask[i]:

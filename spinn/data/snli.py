@@ -8,6 +8,23 @@ Formats (each optionally gzip-compressed, ``.gz``):
 Fields used: ``gold_label``, ``sentence1_binary_parse``, ``sentence2_binary_parse`` (required),
 ``pairID`` (optional; the line number stands in where it is absent) and ``genre`` (MultiNLI only).
 Rows whose gold label is ``-`` (no annotator majority) are skipped and counted in ``NLIData.no_gold``.
+
+Checks beyond the parse itself (each failure names the file, line and field):
+
+* Where a row also has the full constituency parse ``sentence{1,2}_parse`` (SNLI and MultiNLI do;
+  SICK does not), its number of leaves must equal the number of words of the binary parse: both come
+  from the same tokenisation, so a difference means a damaged or shifted row. Leaves are counted as
+  the parse's items that open no bracket (brackets in the text are written ``-LRB-``/``-RRB-``).
+  This holds on every row of the SNLI 1.0 dev file and the 1% train sample in the shared data.
+* The text must be UTF-8. A UTF-8 byte-order mark at the start of the file (as some Windows editors
+  write) is accepted and ignored; it carries no information and the official files have none.
+* A file with no rows at all is an error; a file whose rows are all skipped returns no examples, and
+  the caller that needs a split decides (`spinn.evaluate.read_table` refuses an empty split).
+* Sentence length: with ``max_length`` set, a pair with a sentence of more words is, by ``too_long``,
+  an error (``"error"``, the default), skipped and counted (``"skip"``), or cut to its first
+  ``max_length`` words (``"truncate"``): the parse keeps every constituent that lies within those
+  words, and what is left open on the stack is joined right to left, so the result is still one
+  binary tree. Skipped and truncated pairs are counted in ``NLIData.too_long``.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ import gzip
 import json
 import math
 import sys
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +43,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from spinn.errors import ParseError, SpinnError, at
-from spinn.transitions import parse_to_transitions
+from spinn.transitions import REDUCE, SHIFT, parse_to_transitions
 
 LABELS = ("entailment", "neutral", "contradiction")
 _LABEL_IDS = {name: i for i, name in enumerate(LABELS)}
@@ -33,6 +51,9 @@ NO_GOLD = "-"
 REQUIRED_FIELDS = ("gold_label", "sentence1_binary_parse", "sentence2_binary_parse")
 #: How many reasons for skipped rows are kept and printed when ``skip_invalid`` is set.
 MAX_REASONS = 5
+#: What happens to a pair with a sentence over ``max_length`` words; see the module docstring.
+TOO_LONG_POLICIES = ("error", "skip", "truncate")
+_BOM = b"\xef\xbb\xbf"
 _PROGRESS_EVERY = 8192
 
 
@@ -57,6 +78,8 @@ class NLIData:
     examples: list[NLIExample]
     no_gold: int = 0
     invalid: int = 0
+    #: Pairs skipped or truncated for a sentence over ``max_length`` words.
+    too_long: int = 0
     #: The first `MAX_REASONS` reasons for rows skipped as invalid.
     invalid_reasons: list[str] = field(default_factory=list)
 
@@ -69,6 +92,8 @@ def read_nli(
     progress: bool = True,
     byte_range: tuple[int, int] | None = None,
     first_line: int = 1,
+    max_length: int | None = None,
+    too_long: str = "error",
 ) -> NLIData:
     """Read an SNLI/MultiNLI ``.jsonl`` or ``.txt`` file (optionally ``.gz``).
 
@@ -81,10 +106,14 @@ def read_nli(
         byte_range: read only the lines in [start, end) of an uncompressed ``.jsonl`` file, both ends
             at line starts (for reading one file in several processes); ``first_line`` is the line
             number at ``start``, for messages.
+        max_length: the most words a sentence may have; None: no limit.
+        too_long: what to do with a pair over ``max_length``: ``"error"``, ``"skip"`` (counted in
+            ``NLIData.too_long``) or ``"truncate"`` (also counted); see the module docstring.
 
     Raises:
-        SpinnError: the file is missing or of an unknown format, or (without ``skip_invalid``) a row
-            is invalid; the message names the file, line and field.
+        SpinnError: the file is missing, empty, unreadable (a truncated ``.gz``) or of an unknown
+            format, or (without ``skip_invalid``) a row is invalid; the message names the file, line
+            and field.
     """
     path = Path(path)
     if not path.is_file():
@@ -94,12 +123,23 @@ def read_nli(
         raise SpinnError(f"{path}: unknown format {suffix!r}, expected .jsonl or .txt (optionally .gz)")
     if byte_range is not None and (suffix != ".jsonl" or path.suffix == ".gz"):
         raise SpinnError(f"{path}: byte_range needs an uncompressed .jsonl file")
+    if max_length is not None and max_length < 1:
+        raise SpinnError(f"max_length must be >= 1 word or None, found {max_length}")
+    if too_long not in TOO_LONG_POLICIES:
+        raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
     lines = _lines(path, progress, byte_range or (0, None), first_line)
     rows = _jsonl_rows(path, lines) if suffix == ".jsonl" else _tsv_rows(path, lines)
 
     data = NLIData(path=path, examples=[])
     with gc_paused():
-        _read_rows(rows, path, lowercase, skip_invalid, data)
+        _read_rows(rows, path, lowercase, skip_invalid, (max_length, too_long), data)
+    if byte_range is None and not (data.examples or data.no_gold or data.invalid or data.too_long):
+        raise SpinnError(f"{path}: empty file, expected one sentence pair per line")
+    if data.too_long:
+        done = "skipped" if too_long == "skip" else "truncated"
+        print(
+            f"{path}: {done} {data.too_long} pair(s) with a sentence over {max_length} words", file=sys.stderr
+        )
     if data.invalid:
         print(f"{path}: skipped {data.invalid} invalid row(s); first reasons:", file=sys.stderr)
         for reason in data.invalid_reasons:
@@ -125,11 +165,20 @@ def _read_rows(
     path: Path,
     lowercase: bool,
     skip_invalid: bool,
+    length_policy: tuple[int | None, str],
     data: NLIData,
 ) -> None:
+    max_length, too_long = length_policy
     for line_no, row in rows:
         try:
             example = _example(row, path, line_no, lowercase)
+            over = example is not None and max_length is not None and _over_length(example, max_length)
+            if over and too_long == "error":
+                name, n = over
+                raise SpinnError(
+                    f"{at(str(path), line_no, name)}: {n} words, more than max_length={max_length} "
+                    f"(raise max_length, or set too_long to 'skip' or 'truncate')"
+                )
         except SpinnError as err:
             if not skip_invalid:
                 raise
@@ -139,8 +188,50 @@ def _read_rows(
             continue
         if example is None:
             data.no_gold += 1
+            continue
+        if over:
+            data.too_long += 1
+            if too_long == "skip":
+                continue
+            _truncate(example, max_length)
+        data.examples.append(example)
+
+
+def _over_length(example: NLIExample, max_length: int) -> tuple[str, int] | None:
+    """(field, words) of the first sentence over `max_length` words; None when both fit."""
+    for name, tokens in zip(REQUIRED_FIELDS[1:], (example.premise, example.hypothesis), strict=True):
+        if len(tokens) > max_length:
+            return name, len(tokens)
+    return None
+
+
+def _truncate(example: NLIExample, max_length: int) -> None:
+    """Cut both sentences of `example` to their first `max_length` words, in place."""
+    example.premise_transitions = truncate_transitions(example.premise_transitions, max_length)
+    example.premise = example.premise[:max_length]
+    example.hypothesis_transitions = truncate_transitions(example.hypothesis_transitions, max_length)
+    example.hypothesis = example.hypothesis[:max_length]
+
+
+def truncate_transitions(transitions: list[int], n_words: int) -> list[int]:
+    """The transitions of the tree over the first `n_words` words of a valid sequence.
+
+    Every REDUCE before the next SHIFT is kept (each builds a constituent within those words); the
+    items still on the stack are then joined by REDUCEs, right to left. A sequence of at most
+    `n_words` SHIFTs comes back unchanged.
+    """
+    out: list[int] = []
+    depth = shifts = 0
+    for t in transitions:
+        if t == SHIFT:
+            if shifts == n_words:
+                break
+            shifts += 1
+            depth += 1
         else:
-            data.examples.append(example)
+            depth -= 1
+        out.append(t)
+    return out + [REDUCE] * (depth - 1)
 
 
 def _example(row: dict | SpinnError, path: Path, line: int, lowercase: bool) -> NLIExample | None:
@@ -166,6 +257,19 @@ def _example(row: dict | SpinnError, path: Path, line: int, lowercase: bool) -> 
             tokens, transitions = parse_to_transitions(row[name])
         except ParseError as err:
             raise ParseError(f"{at(str(path), line, name)}: {err}") from None
+        full_name = name.replace("_binary_parse", "_parse")
+        full = row.get(full_name)
+        # Counting spaces assumes single spaces, as in the official files, and is 5x faster than
+        # splitting; a mismatch is confirmed by splitting before it is reported.
+        if (
+            isinstance(full, str)
+            and full.count(" ") + 1 - full.count("(") != len(tokens)
+            and _leaves(full) != len(tokens)
+        ):
+            raise ParseError(
+                f"{at(str(path), line, name)}: {len(tokens)} words, but field {full_name!r} of the same "
+                f"row has {_leaves(full)} leaves; expected the same tokens in both parses"
+            )
         if lowercase:
             tokens = [t.lower() for t in tokens]
         sentences.append((tokens, transitions))
@@ -183,6 +287,12 @@ def _example(row: dict | SpinnError, path: Path, line: int, lowercase: bool) -> 
     )
 
 
+def _leaves(parse: str) -> int:
+    """The number of words in a constituency parse such as ``(ROOT (S (NP (DT A) (NN dog)) ...))``: its
+    items that open no bracket (the parses write brackets in the text as -LRB-/-RRB-)."""
+    return len(parse.split()) - parse.count("(")
+
+
 def _lines(
     path: Path, progress: bool, byte_range: tuple[int, int | None], first_line: int
 ) -> Iterator[tuple[int, bytes]]:
@@ -195,16 +305,25 @@ def _lines(
         total = (path.stat().st_size if end is None else end) - start
         # No bar object at all without progress: reading in forked workers must not touch tqdm's lock.
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name) if progress else None
+        line_no = first_line - 1
         try:
             pos = start
             for line_no, line in enumerate(stream, first_line):
                 if pos >= stop:
                     break
+                if pos == 0 and line.startswith(_BOM):
+                    pos += len(_BOM)
+                    line = line[len(_BOM) :]
                 pos += len(line)
                 # Updating the bar every line costs more than the parsing; update it in steps instead.
                 if bar is not None and line_no % _PROGRESS_EVERY == 0:
                     bar.update(raw.tell() - start - bar.n)
                 yield line_no, line
+        except (EOFError, OSError, zlib.error) as err:
+            raise SpinnError(
+                f"{path}: cannot read past line {line_no} ({err}); expected a complete file, is it truncated?"
+            ) from None
+        else:
             if bar is not None:
                 bar.update(min(raw.tell() - start, total) - bar.n)
         finally:
@@ -218,7 +337,10 @@ def _jsonl_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tupl
             continue
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except UnicodeDecodeError as err:
+            yield line_no, _not_utf8(path, line_no, line, err)
+            continue
+        except json.JSONDecodeError as err:
             yield line_no, SpinnError(f"{at(str(path), line_no)}: bad JSON ({err})")
             continue
         if not isinstance(row, dict):
@@ -232,7 +354,7 @@ def _tsv_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[
         try:
             text = line.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as err:
-            yield line_no, SpinnError(f"{at(str(path), line_no)}: not UTF-8 ({err})")
+            yield line_no, _not_utf8(path, line_no, line, err)
             continue
         if header is None:
             header = text.split("\t")
@@ -249,3 +371,10 @@ def _tsv_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[
         yield line_no, dict(zip(header, text.split("\t"), strict=False))
     if header is None:
         raise SpinnError(f"{path}: empty file, expected a header line")
+
+
+def _not_utf8(path: Path, line_no: int, line: bytes, err: UnicodeDecodeError) -> SpinnError:
+    return SpinnError(
+        f"{at(str(path), line_no)}: expected UTF-8 text, found byte {line[err.start]:#04x} at byte "
+        f"{err.start + 1} of the line ({err.reason})"
+    )

@@ -1,0 +1,458 @@
+"""Fault injection on the training side: bad configs, checkpoints and prediction inputs through the
+entry points; SIGKILL, SIGTERM and Ctrl-C during real runs; NaN losses; a full disk (issue 7)."""
+
+import errno
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import spinn.train as train_module
+from spinn.checkpoint import load_checkpoint, save_checkpoint
+from spinn.errors import SpinnError
+from spinn.evaluate import main as evaluate_main
+from spinn.model.classifier import NLIClassifier
+from spinn.predict import main as predict_main
+from spinn.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.d_embed=50",
+    "model.d_hidden=8",
+    "model.d_tracker=4",
+    "model.mlp_dim=8",
+    "train.batch_size=8",
+    "train.eval_batch_size=64",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+]
+
+
+def sets(*overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_dir, tmp_path_factory):
+    """48 training and 24 dev rows of the real SNLI files, and the real GloVe rows (cached once)."""
+    root = tmp_path_factory.mktemp("data")
+    for name, rows in (("train.jsonl", 48), ("dev.jsonl", 24)):
+        source = "snli_1.0_train_0.01.jsonl" if name == "train.jsonl" else "snli_1.0_dev.jsonl"
+        with open(data_dir / "snli_1.0" / source, encoding="utf-8") as f:
+            (root / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
+    return [
+        "--config",
+        str(ROOT / "configs" / "small.yaml"),
+        *sets(
+            *TINY,
+            f"data.data_dir={root}",
+            "data.train=train.jsonl",
+            "data.dev=dev.jsonl",
+            f"data.cache_dir={root / 'cache'}",
+            f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """A run folder of two steps: best.pt, last.pt, config.yaml, vocab.json."""
+    run = tmp_path_factory.mktemp("run") / "run"
+    assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=2")]) == 0
+    return run
+
+
+def user_error(main, argv, capsys):
+    """Run an entry point that must fail with a user error: exit status 2 and one line on stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    with pytest.raises(SpinnError):  # --debug lets the same error through with its traceback
+        main([*argv, "--debug"])
+    capsys.readouterr()
+    return err[0]
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "expected"),
+    [
+        (
+            "model:\n  d_hiden: 8\n",
+            [],
+            "c.yaml: unknown key 'model.d_hiden' (did you mean 'model.d_hidden'?)",
+        ),
+        (
+            "train:\n  batch_size: many\n",
+            [],
+            "c.yaml: key 'train.batch_size': expected an integer, found 'many'",
+        ),
+        ("", ["model.d_hidden=-4"], "model.d_hidden: expected a value > 0, found -4"),
+        ("", ["train.batch_size=0"], "train.batch_size: expected a value > 0, found 0"),
+        (
+            "",
+            ["model.variant=spinn", "model.d_tracker=null"],
+            "model.d_tracker: variant 'spinn' needs a Tracker size, found null",
+        ),
+        ("", ["data.max_length=0"], "data.max_length: expected a value > 0, found 0"),
+        (
+            "",
+            ["data.too_long=cut"],
+            "key 'data.too_long': expected one of error, skip, truncate, found 'cut'",
+        ),
+        ("model: [1, 2\n", [], "c.yaml: not valid YAML"),
+    ],
+)
+def test_config_errors_name_the_key_and_exit_2(tmp_path, capsys, yaml_text, overrides, expected):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    argv = ["--config", str(tmp_path / "c.yaml"), *sets(*overrides), "--dry-run"]
+    assert expected in user_error(train_main, argv, capsys)
+
+
+def test_configs_are_data_a_python_tag_is_refused_not_run(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    (tmp_path / "c.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    message = user_error(train_main, ["--config", str(tmp_path / "c.yaml"), "--dry-run"], capsys)
+    assert "c.yaml: not valid YAML" in message and "python/object/apply:os.system" in message
+    assert not marker.exists()
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+class _WritesAFile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+def _damage(kind, good, path, marker):
+    """Write a damaged copy of checkpoint `good` to `path`."""
+    data = good.read_bytes()
+    ckpt = torch.load(good, weights_only=True)
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "corrupt":
+        path.write_bytes(bytes(b ^ 0x5A for b in data))
+    elif kind == "version":
+        torch.save({**ckpt, "format_version": 99}, path)
+    elif kind == "crafted":
+        torch.save({**ckpt, "step": _WritesAFile(marker)}, path)
+    elif kind == "vocab":
+        torch.save({**ckpt, "vocab": {"itos": ckpt["vocab"]["itos"][:-3]}}, path)
+    elif kind == "config":
+        config = json.loads(json.dumps(ckpt["config"]))
+        config["model"]["d_hidden"] = 12
+        torch.save({**ckpt, "config": config}, path)
+    elif kind == "not a checkpoint":
+        torch.save({"weights": torch.zeros(2)}, path)
+
+
+CHECKPOINT_CASES = [
+    ("missing", "bad.pt: no such checkpoint file"),
+    ("truncated", "bad.pt: not a readable checkpoint (truncated or corrupt?)"),
+    ("corrupt", "bad.pt: not a readable checkpoint (truncated or corrupt?)"),
+    ("version", "bad.pt: checkpoint format version 99, this spinn reads version 1"),
+    ("crafted", "bad.pt: refused to load: it holds objects other than tensors and plain containers"),
+    ("vocab", "bad.pt: model weight 'embed.weight' has shape ("),
+    ("config", "bad.pt: model weight 'encoder."),
+    ("not a checkpoint", "bad.pt: not a spinn checkpoint: missing key(s) format_version"),
+]
+
+
+@pytest.mark.parametrize(("kind", "expected"), CHECKPOINT_CASES)
+def test_bad_checkpoints_are_refused_by_evaluate_and_predict(trained, tmp_path, capsys, kind, expected):
+    bad, marker = tmp_path / "bad.pt", tmp_path / "pwned"
+    _damage(kind, trained / "best.pt", bad, marker)
+    message = user_error(evaluate_main, ["--checkpoint", str(bad), "--no-progress"], capsys)
+    assert expected in message
+    message = user_error(
+        predict_main, ["--checkpoint", str(bad), "--premise", "a", "--hypothesis", "b"], capsys
+    )
+    assert expected in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("truncated", "last.pt: not a readable checkpoint"),
+        ("version", "last.pt: checkpoint format version 99"),
+        ("crafted", "last.pt: refused to load"),
+        ("vocab", "the checkpoint to resume from: model weight 'embed.weight' has shape ("),
+    ],
+)
+def test_resume_refuses_a_bad_last_checkpoint(trained, tmp_path, capsys, kind, expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    _damage(kind, trained / "last.pt", run / "last.pt", tmp_path / "pwned")
+    assert expected in user_error(train_main, ["--resume", str(run)], capsys)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_needs_a_training_checkpoint(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes((trained / "best.pt").read_bytes())
+    assert "without optimizer" in user_error(train_main, ["--resume", str(run)], capsys)
+
+
+# --- prediction input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("premise", "expected"),
+    [
+        ("", "pair 1: premise: empty sentence"),
+        ("   ", "pair 1: premise: empty sentence"),
+        ("qwxz zzkq", "pair 1: premise: none of its 2 words is in the model's vocabulary"),
+        ("( ( A dog ) runs ) )", "pair 1: premise: unbalanced parse"),
+        ("( A dog runs )", "pair 1: premise: non-binary parse"),
+    ],
+)
+def test_bad_prediction_input_names_the_pair_and_side(trained, capsys, premise, expected):
+    argv = ["--checkpoint", str(trained), "--premise", premise, "--hypothesis", "A dog moves."]
+    assert expected in user_error(predict_main, argv, capsys)
+
+
+def test_bad_prediction_file_names_the_line(trained, tmp_path, capsys):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"sentence1": "A dog runs.", "sentence2": "A dog moves."}) + "\n{oops\n")
+    argv = ["--checkpoint", str(trained), "--input", str(path)]
+    assert f"{path}:2: bad JSON" in user_error(predict_main, argv, capsys)
+
+
+def test_user_errors_from_the_scripts_are_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "none.pt"
+    for script, args in [
+        ("evaluate", ["--checkpoint", str(missing)]),
+        ("predict", ["--checkpoint", str(missing), "--premise", "a", "--hypothesis", "b"]),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, f"scripts/{script}.py", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and proc.stderr == f"error: {missing}: no such checkpoint file\n"
+    proc = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--checkpoint", str(missing), "--debug"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+
+
+# --- interrupted runs ---------------------------------------------------------------------------------
+
+
+def _writer(path, step):
+    """Write checkpoints of growing step over `path` until killed."""
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP thread pool
+    while True:
+        step += 1
+        save_checkpoint(
+            {"config": {}, "vocab": {}, "model": {"w": torch.full((1 << 20,), float(step))}, "step": step},
+            path,
+        )
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_a_whole_one(tmp_path):
+    path = tmp_path / "last.pt"
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    last = 0
+    for round_ in range(6):
+        proc = fork.Process(target=_writer, args=(path, round_ * 1000))
+        proc.start()
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.05))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        ckpt = load_checkpoint(path)
+        assert ckpt["step"] >= last and torch.equal(
+            ckpt["model"]["w"], torch.full((1 << 20,), float(ckpt["step"]))
+        )
+        last = ckpt["step"]
+
+
+def _wait_for_step(run, above, proc, timeout=120):
+    """Wait until log.jsonl shows a training step above `above` (or the process ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            lines = (run / "log.jsonl").read_text().splitlines()
+            steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
+        except (OSError, json.JSONDecodeError):
+            steps = []
+        if steps and max(steps) > above:
+            return max(steps)
+        time.sleep(0.005)
+    return None
+
+
+def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data, tmp_path):
+    """SIGTERM, Ctrl-C and SIGKILL at random moments of a real run; each time --resume continues, and
+    the run ends with exactly the weights of an uninterrupted one."""
+    common = sets(
+        "train.max_steps=16",
+        "train.epochs=null",
+        "train.patience=null",
+        "train.eval_every=3",
+        "model.dropout=0.3",
+    )
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert train_main([*tiny_data, *common, *sets(f"train.out_dir={whole}")]) == 0
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rng = random.Random(7)
+    argv = [sys.executable, "scripts/train.py", *tiny_data, *common, *sets(f"train.out_dir={part}")]
+    step = 0
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL, signal.SIGKILL):
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        seen = _wait_for_step(part, step, proc)
+        time.sleep(rng.uniform(0, 0.03))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            break  # it finished before the signal
+        assert seen is not None, err
+        if sig != signal.SIGKILL:
+            assert proc.returncode == 128 + sig and f"{sig.name} at step" in err, err
+        assert "Traceback" not in err
+        step = load_checkpoint(part / "last.pt")["step"]
+        argv = [sys.executable, "scripts/train.py", "--resume", str(part)]
+    if proc.returncode != 0:
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 16
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [
+        r["loss"]
+        for r in map(json.loads, (whole / "log.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ] == [
+        r["loss"]
+        for r in map(json.loads, (part / "log.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
+    assert not [p.name for p in part.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- non-finite loss and a full disk ------------------------------------------------------------------
+
+
+def _record_saves(monkeypatch):
+    saves = []
+    real = train_module.save_checkpoint
+
+    def recording(state, path):
+        real(state, path)
+        saves.append((Path(path).name, state["step"]))
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording)
+    return saves
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_loss_stops_naming_step_and_batch_and_keeps_the_checkpoints(
+    tiny_data, tmp_path, capsys, monkeypatch, bad
+):
+    real_loss = NLIClassifier.loss
+    calls = []
+
+    def loss(self, out, labels):
+        calls.append(1)
+        value = real_loss(self, out, labels)
+        return value * bad if len(calls) == 8 else value
+
+    monkeypatch.setattr(NLIClassifier, "loss", loss)
+    saves = _record_saves(monkeypatch)
+    run = tmp_path / "run"
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=3")]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"step 8 (epoch 1, batch 2 of 6): the training loss is {bad}" in err, err
+    assert saves[-1] == ("last.pt", 6) and all(step <= 6 for _, step in saves)
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+    assert load_checkpoint(run / "best.pt")["step"] in (3, 6)
+    assert max(json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()) == 7
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        if any(name in str(getattr(f, "name", "")) for name in ("last.pt", "best.pt")):
+            calls.append(1)
+        # Checkpoints: last.pt at step 0, best.pt and last.pt at step 3, the first of step 6 fails.
+        if len(calls) == 4:
+            f.write(b"partial data")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=3")]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and ".pt: cannot write" in err[0], err
+    assert load_checkpoint(run / "last.pt")["step"] == 3 and load_checkpoint(run / "best.pt")["step"] == 3
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_while_writing_the_log_is_a_clear_error_and_resume_works(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    appends = []
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        if str(path).endswith("log.jsonl") and mode.startswith("a"):
+            appends.append(1)
+            if len(appends) == 5:  # train step 4: half a line reaches the disk, then it is full
+                f.write('{"step": 4, "spl')
+                f.close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return f
+
+    monkeypatch.setattr(train_module, "open", full_disk_open, raising=False)
+    run = tmp_path / "run"
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=8", "train.eval_every=3")]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and f"{run / 'log.jsonl'}: cannot write the log (No space left on device)" in err[0]
+    ), err
+    assert load_checkpoint(run / "last.pt")["step"] == 3
+    monkeypatch.undo()
+    assert train_main(["--resume", str(run), "--set", "train.progress=false"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 8]
