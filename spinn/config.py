@@ -136,6 +136,7 @@ class TrainConfig:
     bf16: bool = False
     #: torch.compile the model.
     compile: bool = False
+    #: The global batch: under torchrun each of the K processes takes batch_size / K pairs per step.
     batch_size: int = 32
     eval_batch_size: int = 256
     #: Stop after this many passes over train; null: only max_steps stops.

@@ -547,8 +547,8 @@ def train(
                 if state.step % t.log_every == 0:
                     seconds = time.perf_counter() - window_start
                     # Summed over the ranks: the figures of the global batches and of the whole run.
-                    n = torch.tensor(float(examples), device=device)
-                    (window,) = distributed.sum_over_ranks(torch.stack([loss_sum, correct.float(), n]))
+                    pairs = torch.tensor(float(examples), device=device)
+                    (window,) = distributed.sum_over_ranks(torch.stack([loss_sum, correct.float(), pairs]))
                     window_loss, window_correct, window_examples = window.tolist()
                     record = {
                         "step": state.step,
