@@ -520,6 +520,8 @@ def train(
         reason = "max_steps"
     elif t.epochs is not None and state.epoch >= t.epochs:
         reason = "epochs"
+    if state.step == 0:
+        save_last()  # a run killed before its first evaluation can be resumed too
     model.train()
     with stop_on_signals() as stop:
         while reason is None:
@@ -746,20 +748,6 @@ def run_train(args: argparse.Namespace) -> int:
     if cli.is_main_process() and ckpt is None:
         save_config(cfg, run_dir / "config.yaml")
         data.vocab.save(run_dir / "vocab.json")
-        # A checkpoint of step 0: a run killed before its first evaluation can be resumed too.
-        save_checkpoint(
-            checkpoint_state(
-                cfg,
-                data.vocab,
-                model,
-                state,
-                dev=None,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                sampler=sampler,
-            ),
-            run_dir / "last.pt",
-        )
     log = setup_log(cfg, run_dir, state.step if ckpt else None)
     if ckpt:
         print(f"resuming {run_dir} at step {state.step} (epoch {state.epoch})")

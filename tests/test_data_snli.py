@@ -2,29 +2,11 @@ import gzip
 import json
 
 import pytest
+from nli_rows import P1, P2, row, write_jsonl
 
 from spinn.data.snli import LABELS, read_nli
 from spinn.errors import ParseError, SpinnError
 from spinn.transitions import REDUCE, SHIFT
-
-P1 = "( ( A dog ) runs )"
-P2 = "( The ( dog moves ) )"
-
-
-def row(label="entailment", s1=P1, s2=P2, pair_id="p1", **extra):
-    return {
-        "gold_label": label,
-        "sentence1_binary_parse": s1,
-        "sentence2_binary_parse": s2,
-        "pairID": pair_id,
-        **extra,
-    }
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
 
 TSV_HEADER = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1\tsentence2\tpairID"
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nli_rows import P1, P2, row, write_jsonl
 
 import spinn.data.cache as cache
 from spinn.data import download as dl
@@ -26,24 +27,7 @@ from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError
 from spinn.transitions import REDUCE, SHIFT, transitions_to_parse, validate_transitions
 
-P1 = "( ( A dog ) runs )"
 P1_FULL = "(ROOT (S (NP (DT A) (NN dog)) (VP (VBZ runs))))"
-P2 = "( The ( dog moves ) )"
-
-
-def row(label="entailment", s1=P1, s2=P2, pair_id="p1", **extra):
-    return {
-        "gold_label": label,
-        "sentence1_binary_parse": s1,
-        "sentence2_binary_parse": s2,
-        "pairID": pair_id,
-        **extra,
-    }
-
-
-def write_jsonl(path, rows):
-    path.write_bytes(b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows))
-    return path
 
 
 def read(path, **kwargs):
