@@ -94,26 +94,18 @@ def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITab
     Raises:
         SpinnError: as `spinn.data.snli.read_nli`, or when the file has no labelled pairs.
     """
+    options = dict(
+        lowercase=data.lowercase,
+        skip_invalid=data.skip_invalid,
+        progress=progress,
+        max_length=data.max_length,
+        too_long=data.too_long,
+    )
     if data.limit is None:
-        table = load_nli(
-            path,
-            lowercase=data.lowercase,
-            skip_invalid=data.skip_invalid,
-            progress=progress,
-            cache_dir=data.cache_dir,
-            max_length=data.max_length,
-            too_long=data.too_long,
-        )
+        table = load_nli(path, cache_dir=data.cache_dir, **options)
     else:
         # A limited read is for smoke tests: parse the file and keep the first pairs, uncached.
-        nli = read_nli(
-            path,
-            lowercase=data.lowercase,
-            skip_invalid=data.skip_invalid,
-            progress=progress,
-            max_length=data.max_length,
-            too_long=data.too_long,
-        )
+        nli = read_nli(path, **options)
         table = NLITable.from_examples(
             nli.examples[: data.limit], no_gold=nli.no_gold, invalid=nli.invalid, too_long=nli.too_long
         )
@@ -240,16 +232,23 @@ def write_predictions(path: Path, result: EvalResult) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def metrics(result: EvalResult, split: Split) -> dict[str, Any]:
-    """The figures `scripts/evaluate.py` prints and writes, as plain data."""
+def split_metrics(result: EvalResult, split: Split) -> dict[str, Any]:
+    """The figures of one whole-split evaluation, as checkpoints and summary.json store them."""
     return {
         "file": str(split.path),
         "pairs": len(result.labels),
-        "skipped_no_gold": split.no_gold,
-        "skipped_invalid": split.invalid,
         "accuracy": result.accuracy,
         "loss": result.loss,
         "parse_accuracy": result.parse_accuracy,
+    }
+
+
+def metrics(result: EvalResult, split: Split) -> dict[str, Any]:
+    """The figures `scripts/evaluate.py` prints and writes, as plain data."""
+    return {
+        **split_metrics(result, split),
+        "skipped_no_gold": split.no_gold,
+        "skipped_invalid": split.invalid,
         **classification_report(result.labels, result.predictions),
     }
 

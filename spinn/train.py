@@ -58,7 +58,7 @@ from spinn.data.batching import BucketBatchSampler, NLIBatch, NLIDataset, collat
 from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
-from spinn.evaluate import EvalResult, Split, evaluate, read_table
+from spinn.evaluate import Split, evaluate, read_table, split_metrics
 from spinn.model.classifier import NLIClassifier
 
 #: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
@@ -642,17 +642,6 @@ def summarize(
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def split_metrics(result: EvalResult, split: Split) -> dict[str, Any]:
-    """The figures of one whole-split evaluation, as checkpoints and summary.json store them."""
-    return {
-        "file": str(split.path),
-        "pairs": len(result.labels),
-        "accuracy": result.accuracy,
-        "loss": result.loss,
-        "parse_accuracy": result.parse_accuracy,
-    }
 
 
 def plot_learning_curve(log_path: Path, out: Path) -> bool:
