@@ -185,8 +185,13 @@ def check_against_reference(variant: str, words, transitions, lengths, seqs, ato
     ref_h, ref_logits = reference(model, words, lengths, seqs)
     ref_grads = loss_and_grads(model, ref_h, ref_logits, real)
     torch.testing.assert_close(out.h, ref_h, atol=atol, rtol=1e-5)
+    with torch.no_grad():  # evaluation takes another route: outside autograd, nothing kept for a backward
+        out_no_grad = model(words, transitions, lengths, use_given_transitions=True)
+    torch.testing.assert_close(out_no_grad.h, ref_h, atol=atol, rtol=1e-5)
     if ref_logits is not None:
         torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=1e-5)
+        no_grad_logits = out_no_grad.transition_logits[transitions != PAD]
+        torch.testing.assert_close(no_grad_logits, ref_logits, atol=atol, rtol=1e-5)
         assert out.transition_loss.item() == pytest.approx(
             torch.nn.functional.cross_entropy(ref_logits, real).item(), abs=1e-5
         )
