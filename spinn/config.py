@@ -121,6 +121,9 @@ class OptimConfig:
     grad_clip: float | None = 5.0
     lr_decay: float = 0.75
     lr_decay_steps: int = 10000
+    #: Evaluate and checkpoint an exponential moving average of the weights, updated after every step
+    #: with this decay (0.99 averages over about the last 100 steps); null: the weights themselves.
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -294,6 +297,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: expected a value >= 0, found {value}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout: expected a probability in [0, 1), found {m.dropout}")
+    if o.ema_decay is not None and not 0 < o.ema_decay < 1:
+        raise ConfigError(f"optim.ema_decay: expected a factor in (0, 1) or null, found {o.ema_decay}")
     if o.lr_decay > 1:
         raise ConfigError(f"optim.lr_decay: expected a factor in (0, 1], found {o.lr_decay}")
     if m.variant in VARIANTS_WITH_TRACKER and m.d_tracker is None:

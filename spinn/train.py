@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import random
 import signal
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from spinn import cli, distributed
@@ -73,6 +75,7 @@ FIXED_ON_RESUME = (
     "data.too_long",
     "train.seed",
     "train.batch_size",
+    "optim.ema_decay",
 )
 
 
@@ -253,6 +256,14 @@ def setup_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.opti
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: o.lr_decay ** (step / o.lr_decay_steps))
 
 
+def setup_averaged(cfg: Config, model: NLIClassifier) -> AveragedModel | None:
+    """The exponential moving average of the weights that is evaluated and saved (optim.ema_decay)."""
+    decay = cfg.optim.ema_decay
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def setup_sampler(cfg: Config, data: Data) -> BucketBatchSampler:
     """This rank's batches: ``train.batch_size`` is the global batch, split over the ranks."""
     return distributed.train_sampler(data.train.dataset.lengths, cfg.train.batch_size, cfg.train.seed)
@@ -282,16 +293,23 @@ def setup_log(cfg: Config, run_dir: Path, resume_step: int | None) -> RunLog:
     return RunLog(path, writer)
 
 
-def _non_finite_loss(
-    loss: torch.Tensor, state: TrainState, sampler: BucketBatchSampler, batch: NLIBatch, run_dir: Path
+def _non_finite(
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor,
+    state: TrainState,
+    sampler: BucketBatchSampler,
+    batch: NLIBatch,
+    run_dir: Path,
 ) -> SpinnError:
     batch_no = sampler.state_dict()["batches_consumed"]
     pairs = ", ".join(batch.pair_ids[:4]) + (", ..." if len(batch) > 4 else "")
+    what = "loss" if not torch.isfinite(loss) else "gradient norm"
+    value = loss if what == "loss" else grad_norm
     return SpinnError(
         f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {len(sampler)}): the training "
-        f"loss is {loss.item()}, expected a finite number; stopped without saving, so {run_dir} keeps its "
-        f"last good checkpoints (pairs of this batch: {pairs}). Lower optim.lr or set optim.grad_clip, "
-        f"then --resume {run_dir}"
+        f"{what} is {value.item()}, expected a finite number; stopped without saving, so {run_dir} keeps "
+        f"its last good checkpoints (pairs of this batch: {pairs}). Lower optim.lr or set "
+        f"optim.grad_clip, then --resume {run_dir}"
     )
 
 
@@ -315,6 +333,7 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     sampler: BucketBatchSampler,
+    averaged: AveragedModel | None = None,
 ) -> TrainState:
     """Load a training checkpoint's states into the objects; return the loop's position.
 
@@ -324,8 +343,10 @@ def restore(
     missing = [k for k in ("optimizer", "scheduler", "sampler", "rng", "state") if k not in ckpt]
     if missing:
         raise SpinnError(f"cannot resume from a checkpoint without {', '.join(missing)} (use last.pt)")
-    check_weights_fit(model, ckpt["model"], "the checkpoint to resume from")
-    model.load_state_dict(ckpt["model"])
+    # With a moving average, "model" holds the average and "online_model" the optimiser's weights.
+    online = ckpt.get("online_model", ckpt["model"])
+    check_weights_fit(model, online, "the checkpoint to resume from")
+    model.load_state_dict(online)
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError) as err:
@@ -333,7 +354,11 @@ def restore(
     scheduler.load_state_dict(ckpt["scheduler"])
     sampler.load_state_dict(distributed.sampler_state(ckpt["sampler"]))
     set_rng_state(ckpt["rng_ranks"][distributed.rank()] if "rng_ranks" in ckpt else ckpt["rng"])
-    return TrainState(**ckpt["state"])
+    state = TrainState(**ckpt["state"])
+    if averaged is not None:
+        averaged.module.load_state_dict(ckpt["model"])
+        averaged.n_averaged.fill_(state.step)  # one update per step; 0 would restart it from a copy
+    return state
 
 
 def checkpoint_state(
@@ -347,15 +372,18 @@ def checkpoint_state(
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
     sampler: BucketBatchSampler | None = None,
     rng_ranks: list[dict[str, Any]] | None = None,
+    averaged: AveragedModel | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given.
 
     `rng_ranks`: every rank's `rng_state` in a distributed run (ckpt["rng"] is rank 0's).
+    `averaged`: the moving average of the weights, saved as "model" (what evaluation and prediction
+    load); a training checkpoint then keeps the optimiser's weights as "online_model".
     """
     ckpt = {
         "config": config_to_dict(cfg),
         "vocab": vocab.to_dict(),
-        "model": model.state_dict(),
+        "model": (model if averaged is None else averaged.module).state_dict(),
         "step": state.step,
         "epoch": state.epoch,
         "best_dev_acc": state.best_dev_acc,
@@ -371,6 +399,8 @@ def checkpoint_state(
         )
         if rng_ranks is not None and len(rng_ranks) > 1:
             ckpt["rng_ranks"] = rng_ranks
+        if averaged is not None:
+            ckpt["online_model"] = model.state_dict()
     return ckpt
 
 
@@ -415,23 +445,27 @@ def train(
     log: RunLog,
     run_dir: Path,
     device: torch.device,
+    averaged: AveragedModel | None = None,
 ) -> str:
     """Train until max_steps, epochs, early stopping or a signal; return which of these stopped it
     ("max_steps", "epochs", "early_stopping", or the signal's name, one of `INTERRUPTIONS`).
 
     Evaluates on the whole dev split every ``train.eval_every`` steps and at the end, writing
-    ``last.pt`` each time and ``best.pt`` when dev accuracy improves.
+    ``last.pt`` each time and ``best.pt`` when dev accuracy improves. With `averaged` (a moving
+    average of the weights, updated after every step) the average is what is evaluated and saved.
     """
     t = cfg.train
     main = cli.is_main_process()
     # DistributedDataParallel under torchrun, the model itself otherwise; checkpoints save `model`.
     wrapped = distributed.wrap(model, device)
     forward = torch.compile(wrapped) if t.compile else wrapped
+    evaluated = model if averaged is None else averaged.module
     bf16 = t.bf16 and device.type == "cuda"
     if t.bf16 and not bf16:
         warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}", stacklevel=2)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    clip = math.inf if cfg.optim.grad_clip is None else cfg.optim.grad_clip  # inf: the norm, no clipping
     steps_per_epoch = len(sampler)
     planned = [n for n in (t.max_steps, t.epochs and t.epochs * steps_per_epoch) if n]
     bar = tqdm(
@@ -445,7 +479,7 @@ def train(
     def evaluate_and_save() -> bool:
         """Whole-dev evaluation, checkpoints and a log line; True when patience has run out."""
         result = evaluate(
-            model,
+            evaluated,
             data.dev.dataset,
             batch_size=t.eval_batch_size,
             device=device,
@@ -473,7 +507,9 @@ def train(
             log.write(record)
             if improved:
                 save_checkpoint(
-                    checkpoint_state(cfg, data.vocab, model, state, dev=split_metrics(result, data.dev)),
+                    checkpoint_state(
+                        cfg, data.vocab, model, state, dev=split_metrics(result, data.dev), averaged=averaged
+                    ),
                     run_dir / "best.pt",
                 )
         save_last()
@@ -498,6 +534,7 @@ def train(
                     scheduler=scheduler,
                     sampler=sampler,
                     rng_ranks=rng_ranks,
+                    averaged=averaged,
                 ),
                 run_dir / "last.pt",
             )
@@ -531,15 +568,17 @@ def train(
                 with autocast:
                     out = forward(batch)  # logits (B, 3)
                     loss = model.loss(out, batch.labels)
-                if not torch.isfinite(loss):
-                    # Stop before the step spoils the weights; the checkpoints on disk predate it.
-                    raise _non_finite_loss(loss, state, sampler, batch, run_dir)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.optim.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip)
+                # One host sync a step checks both, before the step could spoil the weights: the
+                # checkpoints on disk predate it.
+                if not torch.isfinite(loss + grad_norm):
+                    raise _non_finite(loss, grad_norm, state, sampler, batch, run_dir)
                 optimizer.step()
                 scheduler.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 state.step += 1
                 bar.update(1)
                 loss_sum += loss.detach().float() * len(batch)
@@ -731,7 +770,8 @@ def run_train(args: argparse.Namespace) -> int:
     optimizer = setup_optimizer(cfg, model)
     scheduler = setup_scheduler(cfg, optimizer)
     sampler = setup_sampler(cfg, data)
-    state = restore(ckpt, model, optimizer, scheduler, sampler) if ckpt else TrainState()
+    averaged = setup_averaged(cfg, model)
+    state = restore(ckpt, model, optimizer, scheduler, sampler, averaged) if ckpt else TrainState()
     if ckpt is None and distributed.world_size() > 1:
         torch.manual_seed(cfg.train.seed + distributed.rank())  # each rank its own dropout masks
     if cli.is_main_process() and ckpt is None:
@@ -743,7 +783,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        reason = train(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device)
+        reason = train(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device, averaged)
     finally:
         log.close()
     # The test evaluation and the summary run on rank 0 alone; the other ranks are done.

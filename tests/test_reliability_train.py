@@ -403,6 +403,31 @@ def test_a_non_finite_loss_stops_naming_step_and_batch_and_keeps_the_checkpoints
     assert max(json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()) == 7
 
 
+def test_a_non_finite_gradient_under_a_finite_loss_stops_before_the_step(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    real_loss = NLIClassifier.loss
+    calls = []
+
+    def loss(self, out, labels):
+        calls.append(1)
+        value = real_loss(self, out, labels)
+        if len(calls) == 5:
+            # sqrt'(0) is inf: the loss stays finite, every gradient becomes NaN.
+            value = value + 0 * torch.sqrt(out.logits.sum() * 0)
+        return value
+
+    monkeypatch.setattr(NLIClassifier, "loss", loss)
+    run = tmp_path / "run"
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=3")]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "step 5 (epoch 0, batch 5 of 6): the training gradient norm is nan" in err, err
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == 3
+    assert all(torch.isfinite(w).all() for w in last["model"].values() if w.is_floating_point())
+
+
 def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(
     tiny_data, tmp_path, capsys, monkeypatch
 ):

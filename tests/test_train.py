@@ -121,6 +121,27 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
+    """optim.ema_decay: checkpoints hold the average as "model", the optimiser's weights beside it."""
+    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common += ["--set", "optim.ema_decay=0.9", "--set", "train.eval_every=3"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert train_main([*common, "--set", f"train.out_dir={whole}", "--max-steps", "8"]) == 0
+    assert train_main([*common, "--set", f"train.out_dir={part}", "--max-steps", "5"]) == 0
+    assert train_main(["--resume", str(part), "--max-steps", "8", "--set", "train.progress=false"]) == 0
+
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(part / "last.pt", weights_only=True)
+    for key in ("model", "online_model"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    weights = "encoder.reduce.gates.weight"
+    assert not torch.equal(a["model"][weights], a["online_model"][weights])
+
+    # The logged dev accuracy at the last step is that of the average, which evaluate.py loads.
+    out = _script("evaluate", "--checkpoint", str(whole / "last.pt"), "--split", "dev", "--no-progress")
+    assert f"accuracy {_log(whole, 'dev')[-1]['acc']:.4f}" in out.stdout
+
+
 def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
