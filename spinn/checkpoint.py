@@ -5,7 +5,9 @@ A checkpoint is a dict (`FORMAT_VERSION` 1)::
     format_version  int
     config          the resolved config as nested plain data (`spinn.config.config_to_dict`)
     vocab           the vocabulary as plain data (`spinn.data.vocab.Vocab.to_dict`)
-    model           the model's state_dict
+    model           the model's state_dict: the weights to evaluate (with optim.ema_decay, their
+                    moving average)
+    online_model    the optimiser's weights, when model holds their average (training only)
     optimizer       the optimiser's state_dict          (training checkpoints only)
     scheduler       the LR scheduler's state_dict       (training checkpoints only)
     sampler         the batch sampler's state_dict      (training checkpoints only)

@@ -21,6 +21,7 @@ from torch import Tensor
 from spinn import pad_sentences
 from spinn.errors import ParseError, SpinnError
 from spinn.model import SPINN, build_schedule
+from spinn.model.spinn import Reduce
 from spinn.transitions import (
     PAD,
     REDUCE,
@@ -361,3 +362,13 @@ def test_a_precomputed_schedule_gives_the_same_result():
     other = build_schedule(transitions[:2], lengths[:2])
     with pytest.raises(SpinnError, match="schedule is for 2 sentences of 8 words, the batch has 3"):
         model(words, transitions, lengths, schedule=other)
+
+
+def test_reduce_starts_with_its_forget_gates_open():
+    """Children's cells of 1 and zero h: open forget gates (bias +1) pass about 2 x sigmoid(1) = 1.46
+    to the parent, where a zero bias would pass about 1."""
+    torch.manual_seed(0)
+    reduce = Reduce(64, d_tracker=8)
+    child = torch.cat((torch.zeros(256, 64), torch.ones(256, 64)), dim=1)
+    c = reduce(child, child, torch.zeros(256, 8))[:, 64:]
+    assert 1.35 < c.mean().item() < 1.55

@@ -169,6 +169,11 @@ class Reduce(nn.Module):
         super().__init__()
         self.d_hidden = d_hidden
         self.gates = nn.Linear(2 * d_hidden + (d_tracker or 0), 5 * d_hidden)
+        # Forget gates start open (bias +1, sigmoid 0.73; Gers et al. 2000, Jozefowicz et al. 2015) so
+        # that the cells of deep words reach the root early in training: +0.8 points of dev accuracy
+        # on configs/small.yaml (README, Results).
+        with torch.no_grad():
+            self.gates.bias[d_hidden : 3 * d_hidden] += 1.0
 
     def forward(self, left: Tensor, right: Tensor, tracking: Tensor | None = None) -> Tensor:
         """left, right (M, 2 d_hidden) as [h; c], tracking (M, d_tracker) or None -> (M, 2 d_hidden)."""
