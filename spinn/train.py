@@ -303,8 +303,7 @@ def _non_finite(
 ) -> SpinnError:
     batch_no = sampler.state_dict()["batches_consumed"]
     pairs = ", ".join(batch.pair_ids[:4]) + (", ..." if len(batch) > 4 else "")
-    what = "loss" if not torch.isfinite(loss) else "gradient norm"
-    value = loss if what == "loss" else grad_norm
+    what, value = ("loss", loss) if not torch.isfinite(loss) else ("gradient norm", grad_norm)
     return SpinnError(
         f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {len(sampler)}): the training "
         f"{what} is {value.item()}, expected a finite number; stopped without saving, so {run_dir} keeps "
