@@ -372,3 +372,76 @@ def test_reduce_starts_with_its_forget_gates_open():
     child = torch.cat((torch.zeros(256, 64), torch.ones(256, 64)), dim=1)
     c = reduce(child, child, torch.zeros(256, 8))[:, 64:]
     assert 1.35 < c.mean().item() < 1.55
+
+
+def follow_predictions_both_routes(model: SPINN, words: Tensor, transitions: Tensor, lengths: Tensor):
+    """A full SPINN following its predictions: (no-grad route, autograd route) outputs."""
+    with torch.no_grad():
+        fast = model(words, transitions, lengths, use_given_transitions=False)
+    with torch.enable_grad():
+        recorded = model(words.clone().requires_grad_(), transitions, lengths, use_given_transitions=False)
+    assert recorded.h.requires_grad and not fast.h.requires_grad
+    return fast, recorded
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluation_without_gradients_matches_the_autograd_route(seed):
+    lengths = [9, 2, 17, 1, 9, 12, 30, 5, 2]
+    words, transitions, lengths_t, _ = random_batch(lengths, 7, seed=seed)
+    # Two padding words past the longest sentence: steps nobody runs.
+    words = torch.cat((words, torch.randn(len(lengths), 2, 7)), dim=1)
+    transitions = torch.nn.functional.pad(transitions, (0, 4), value=int(PAD))
+    model = make_model("spinn", seed=seed).eval()
+    fast, recorded = follow_predictions_both_routes(model, words, transitions, lengths_t)
+    assert torch.equal(fast.predicted_transitions, recorded.predicted_transitions)
+    predicted = fast.predicted_transitions
+    assert 0.2 < (predicted == REDUCE).sum() / (predicted != PAD).sum() < 0.5  # both moves are taken
+    torch.testing.assert_close(fast.h, recorded.h, atol=1e-5, rtol=1e-5)
+    # All steps, the padded ones (a zero state's scores) included.
+    torch.testing.assert_close(fast.transition_logits, recorded.transition_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.transition_loss, recorded.transition_loss, atol=1e-6, rtol=1e-5)
+    head_bias = model.transition_head.bias.detach()
+    assert torch.equal(
+        fast.transition_logits[predicted == PAD], head_bias.expand((predicted == PAD).sum(), 2)
+    )
+
+
+@pytest.mark.parametrize("favoured", [SHIFT, REDUCE])
+def test_evaluation_without_gradients_matches_the_autograd_route_under_bf16_autocast(favoured):
+    """bf16 rounds the two routes' sums differently, so a near tie could parse differently: a head
+    biased towards one move (every SHIFT first, or every REDUCE as early as possible) fixes the parse."""
+    words, transitions, lengths, _ = random_batch([9, 2, 17, 1, 12], 7, seed=4)
+    model = make_model("spinn", seed=4).eval()
+    with torch.no_grad():
+        model.transition_head.bias[favoured] += 8
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, recorded = follow_predictions_both_routes(model, words, transitions, lengths)
+    assert fast.h.dtype == recorded.h.dtype == torch.bfloat16
+    assert fast.transition_logits.dtype == recorded.transition_logits.dtype
+    assert torch.equal(fast.predicted_transitions, recorded.predicted_transitions)
+    torch.testing.assert_close(fast.h.float(), recorded.h.float(), atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        fast.transition_logits.float(), recorded.transition_logits.float(), atol=0.1, rtol=0
+    )
+
+
+def test_evaluation_without_gradients_skips_autograd(monkeypatch):
+    """No gradient wanted (no_grad, or nothing requires one): the route outside autograd is taken."""
+    calls = []
+    autograd_route = SPINN._follow_predictions_autograd
+
+    def spy(self, *args):
+        calls.append(torch.is_grad_enabled())
+        return autograd_route(self, *args)
+
+    monkeypatch.setattr(SPINN, "_follow_predictions_autograd", spy)
+    model = make_model("spinn").eval()
+    words, _, lengths, _ = random_batch([4, 6], 7, seed=1)
+    with torch.no_grad():
+        model(words, None, lengths)
+    model.requires_grad_(False)
+    model(words, None, lengths)
+    assert calls == []
+    model.requires_grad_(True)
+    model(words, None, lengths)
+    assert calls == [True]

@@ -5,14 +5,19 @@ whole loop -- Tracker steps and REDUCEs -- is one `torch.autograd.Function`:
 
 * the node states live in two stores ``h_store`` and ``c_store`` (R, D) written once per row, in
   place, outside autograd; rows are never overwritten, so the backward reads every child's c back;
+  only real words are projected to leaves (``schedule.leaf_rows``), padding never is;
 * the forward keeps what the backward needs in buffers allocated once per batch: the gathered inputs
   of every matmul and the gate activations; when no gradient is needed (evaluation) it runs outside
   autograd and reuses one step's rows of those buffers at every step instead;
+* every view the loop uses -- a step's rows of a buffer, its gates, its ids -- is made before the loop
+  in bulk (`_StepRows`), and the Tracker's states are packed so that a step's previous state is a
+  prefix of the last step's rows (`_TrackerRows`): the loop body is the kernels and nothing else;
 * tanh(z) is computed as 2 sigmoid(2 z) - 1 (torch's CPU tanh is several times slower than its
   sigmoid), the factor 2 folded into the weights of the tanh gate, so one sigmoid covers all gates;
-* the backward walks the steps in reverse with gradient stores of the same layout, and computes the
-  weight gradients at the end with one matmul over all steps instead of one per step (the per-step
-  shapes are small, the single one runs near the machine's peak);
+* the backward walks the steps in reverse with gradient stores of the same layout, taken from memory
+  kept between calls on the CPU (`_Workspace`), and computes the weight gradients at the end with one
+  matmul over all steps instead of one per step (the per-step shapes are small, the single one runs
+  near the machine's peak);
 * the Tracker runs only on the sentences not yet finished: the schedule orders them longest first,
   so those are a prefix of the batch; its input from the buffer top (always a leaf) is computed for
   all leaves in one matmul before the loop.
@@ -26,9 +31,10 @@ Gate layouts follow `spinn.model.spinn`: Reduce (i, f_left, f_right, o, g), Trac
 from __future__ import annotations
 
 import itertools
+import math
+import threading
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from spinn.model.schedule import Schedule
@@ -45,7 +51,7 @@ def encode_given(
     """Run SPINN over the given transitions.
 
     Args:
-        leaves: (B N, 2 D) the leaves' [h; c], sentence-major (row b N + i is word i of sentence b).
+        leaves: (W, 2 D) the [h; c] of the real words, in the order of ``schedule.leaf_rows``.
         reduce_weight, reduce_bias: the Reduce's (5 D, 2 D + d_tracker) and (5 D,).
         tracker_weight, tracker_bias: the Tracker's (4 d_tracker, 3 D + d_tracker) and (4 d_tracker,), or
             None for SPINN-PI-NT, which is composed level by level.
@@ -87,128 +93,247 @@ def _double_gate(w: Tensor, n_gates: int, gate: int) -> Tensor:
     return w * scale.view(-1, *(1,) * (w.dim() - 1))
 
 
-def _gather(store: Tensor, ids: Tensor) -> Tensor:
-    """store[ids] along dim 0; F.embedding is torch's fastest row gather on the CPU."""
-    return F.embedding(ids, store)
+class _Cells:
+    """The Tracker's and Reduce's cells as both step loops (this module's and the full SPINN's over its
+    own predictions) run them: weights transposed for `torch.addmm`, the rows of each tanh gate doubled
+    (`_double_gate`), the constants 0-dim tensors, and the elementwise part of each cell written into
+    buffers the caller owns. Gate layouts follow `spinn.model.spinn`."""
+
+    def __init__(self, w_r: Tensor, b_r: Tensor, w_t: Tensor | None, b_t: Tensor | None) -> None:
+        d = w_r.shape[0] // 5
+        self.two, self.one = w_r.new_full((), 2.0), w_r.new_full((), 1.0)  # filled on the device
+        w_r = _double_gate(w_r, 5, 4)
+        self.reduce_bias = _double_gate(b_r, 5, 4)
+        self.reduce_children, self.reduce_tracker = w_r[:, : 2 * d].t(), w_r[:, 2 * d :].t()
+        if w_t is not None:
+            w_t = _double_gate(w_t, 4, 2)
+            self.tracker_bias = _double_gate(b_t, 4, 2)
+            self.tracker_buffer, self.tracker_stack, self.tracker_hidden = (
+                w_t[:, :d].t(),
+                w_t[:, d : 3 * d].t(),
+                w_t[:, 3 * d :].t(),
+            )
+
+    def buffer_gates(self, leaf_h: Tensor) -> Tensor:
+        """(1 + W, 4 d_tracker) the buffer top's share of the Tracker's gates and their bias, for every
+        leaf (a buffer top is always one) in one matmul; row 0, an empty buffer, holds the bias alone."""
+        gates = leaf_h.new_empty(1 + len(leaf_h), len(self.tracker_bias))
+        gates[0] = self.tracker_bias
+        torch.addmm(self.tracker_bias, leaf_h, self.tracker_buffer, out=gates[1:])
+        return gates
+
+    def tracker(self, z: Tensor, gates, c_prev: Tensor, c_new: Tensor, h_new: Tensor, tanh_c: Tensor) -> None:
+        """The LSTM cell from the pre-activations z, whose gate views are ``gates`` (i, f, g, o):
+        the activations in place, c into c_new, h into h_new and tanh(c) into tanh_c."""
+        i, f, g, o = gates
+        z.sigmoid_()
+        g.mul_(self.two).sub_(self.one)  # tanh
+        torch.mul(i, g, out=c_new).addcmul_(f, c_prev)
+        torch.mul(o, _tanh(c_new, tanh_c, self.two, self.one), out=h_new)
+
+    def reduce(
+        self, z: Tensor, gates, c_left: Tensor, c_right: Tensor, c_new: Tensor, h_new: Tensor, tanh_c: Tensor
+    ) -> None:
+        """The TreeLSTM cell from the pre-activations z, whose gate views are ``gates`` (i, f_left,
+        f_right, o, g): the activations in place, c into c_new, h into h_new and tanh(c) into tanh_c."""
+        i, f_left, f_right, o, g = gates
+        z.sigmoid_()
+        g.mul_(self.two).sub_(self.one)  # tanh
+        torch.mul(i, g, out=c_new).addcmul_(f_left, c_left).addcmul_(f_right, c_right)
+        torch.mul(o, _tanh(c_new, tanh_c, self.two, self.one), out=h_new)
 
 
-def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int) -> Tensor:
-    """The derivative of each gate's activation from its value a: a (1 - a) for the sigmoids, 1 - a^2
-    for the tanh gate."""
-    grads = torch.rsub(act, 1).mul_(act)
+def _node_stores(leaves: Tensor, n_rows: int, leaf_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """(h_store, c_store), each (n_rows, D): row 0 (the empty slot) zeros, the leaves' [h; c] in the
+    rows ``leaf_ids``, the rest unwritten (every row read is written first; rows of padding never are)."""
+    d = leaves.shape[1] // 2
+    stores = leaves.new_empty(n_rows, d), leaves.new_empty(n_rows, d)
+    for store, part in zip(stores, (leaves[:, :d], leaves[:, d:]), strict=True):
+        store[0] = 0
+        store.index_copy_(0, leaf_ids, part)
+    return stores
+
+
+def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) -> Tensor:
+    """The derivative of each gate's activation from its value a, into out: a (1 - a) for the sigmoids,
+    1 - a^2 for the tanh gate."""
+    torch.sub(act, torch.mul(act, act, out=out), out=out)
     a = _split(act, n_gates)[tanh_gate]
-    torch.mul(a, a, out=_split(grads, n_gates)[tanh_gate]).neg_().add_(1)
-    return grads
+    torch.mul(a, a, out=_split(out, n_gates)[tanh_gate]).neg_().add_(1)
+    return out
+
+
+class _Workspace(threading.local):
+    """The backward's scratch tensors, carved out of one buffer per thread that is kept between calls.
+
+    On the CPU a fresh tensor of a few MB is often memory the allocator has just handed back to the
+    system, and touching it again costs a page fault per 4 KB (about 3 us each on a virtual machine):
+    about 700 faults per batch at d_hidden 100 and batch 32, 2 ms of a 36 ms training step. Nothing
+    here outlives the backward that takes it, and a thread runs one backward at a time. The buffer
+    holds the largest backward's scratch so far (tens of MB at batch 128). Other devices have caching
+    allocators, so there each call gets fresh tensors.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+    def take(self, like: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+        # Sizes rounded up to 64 bytes keep every tensor as aligned as a fresh one.
+        sizes = {k: -(-math.prod(s) // 16) * 16 for k, s in shapes.items()}
+        total = sum(sizes.values())
+        if like.device.type != "cpu":
+            return {k: like.new_empty(s) for k, s in shapes.items()}
+        if self.buffer is None or self.buffer.numel() < total or self.buffer.dtype != like.dtype:
+            self.buffer = like.new_empty(total)
+        chunks = self.buffer[:total].split(list(sizes.values()))
+        return {k: c[: math.prod(s)].view(s) for (k, s), c in zip(shapes.items(), chunks, strict=True)}
+
+
+_workspace = _Workspace()
 
 
 class _StepRows:
-    """Where each step's rows go in the buffers the forward fills.
+    """Where each step's rows go in the buffers of one pass, as one view per step made before the loop.
 
     With ``keep`` (the backward reads them) every step has its own rows, one step after another;
-    otherwise (no gradient needed) one step's rows are reused at every step: a small buffer that stays
-    in cache, instead of fresh memory the system has to fault in page by page at every batch.
+    otherwise (no gradient needed, and the backward's scratch) one step's rows are reused at every step:
+    a small buffer that stays in cache, instead of fresh memory the system has to fault in page by page
+    at every batch. The views are made in bulk (`Tensor.split`, or one per distinct size) because
+    slicing inside the loop costs about a microsecond a view, as much as some of the kernels.
     """
 
-    def __init__(self, offsets: list[int], keep: bool) -> None:
-        self.offsets = offsets
+    def __init__(self, sizes: list[int], keep: bool) -> None:
+        self.sizes = sizes
         self.keep = keep
-        self.rows = offsets[-1] if keep else max((b - a for a, b in itertools.pairwise(offsets)), default=0)
+        self.rows = sum(sizes) if keep else max(sizes, default=0)
 
-    def span(self, t: int) -> tuple[int, int]:
-        lo, hi = self.offsets[t], self.offsets[t + 1]
-        return (lo, hi) if self.keep else (0, hi - lo)
+    def views(self, buffer: Tensor, per_item: int = 1) -> list[Tensor]:
+        """Each step's rows of ``buffer``, which holds ``per_item`` rows for each of the step's items."""
+        sizes = [per_item * s for s in self.sizes]
+        if self.keep:
+            return list(buffer.split(sizes))
+        prefixes = {s: buffer[:s] for s in set(sizes)}
+        return [prefixes[s] for s in sizes]
+
+    def gates(self, buffer: Tensor, n_gates: int) -> list[tuple[Tensor, ...]]:
+        """Each step's gate blocks of ``buffer`` (rows, n_gates * width)."""
+        return list(zip(*(self.views(g) for g in _split(buffer, n_gates)), strict=True))
+
+
+class _TrackerRows:
+    """The Tracker's state, packed: rows 0..B-1 are the zero initial state, then each step's rows (the
+    first ``tracker_active[t]`` sentences of ``tracker_order``). Step t starts from a prefix of the rows
+    step t - 1 wrote, so no step gathers its previous state."""
+
+    def __init__(self, state: Tensor, batch: int, active: list[int]) -> None:
+        self.new = list(state[batch:].split(active))
+        self.prev = [state[: active[0]], *(s[:k] for s, k in zip(self.new[:-1], active[1:], strict=True))]
+
+
+def _reduce_ids(
+    schedule: Schedule, tracked: bool
+) -> tuple[list[int], list[tuple[Tensor, Tensor, Tensor | None]]]:
+    """The REDUCEs of each step (with a Tracker) or tree level (without, SPINN-PI-NT): how many, and
+    their (left, right) children (2 M,), the rows they write (M,) and the packed Tracker rows they read
+    (M,; None without a Tracker)."""
+    if tracked:
+        pairs, out, offsets = schedule.step_children, schedule.step_out, schedule.step_offsets
+    else:
+        pairs, out, offsets = schedule.level_children, schedule.level_out, schedule.level_offsets
+    sizes = [b - a for a, b in itertools.pairwise(offsets)]
+    tracker_rows = schedule.step_tracker.split(sizes) if tracked else [None] * len(sizes)
+    return sizes, list(zip(pairs.split([2 * m for m in sizes]), out.split(sizes), tracker_rows, strict=True))
 
 
 def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool):
     """The loop. Returns the root h (B, D), the Tracker's h (T, B, d_tracker) in batch order (empty
     without a Tracker) and, with ``keep``, what the backward reads (see `_Encode.backward`)."""
     d = w_r.shape[0] // 5
-    batch, n_words = schedule.batch_size, schedule.n_words
+    batch = schedule.batch_size
     tracked = w_t is not None
     dt = w_t.shape[0] // 4 if tracked else 0
-    if tracked:
-        pairs, out, offsets = schedule.step_children, schedule.step_out, schedule.step_offsets
-    else:
-        pairs, out, offsets = schedule.level_children, schedule.level_out, schedule.level_offsets
-    n_steps = len(offsets) - 1
+    sizes, ids = _reduce_ids(schedule, tracked)
     leaves = leaves.detach()
-    two, one = leaves.new_full((), 2.0), leaves.new_full((), 1.0)  # filled on the device: no host copy
-    # Row 0 (the empty slot) is zeros and the leaves follow; every other row is written before it is read.
-    h_store = leaves.new_empty(schedule.n_rows, d)  # (R, D)
-    c_store = leaves.new_empty(schedule.n_rows, d)
-    for store, part in ((h_store, leaves[:, :d]), (c_store, leaves[:, d:])):
-        store[0] = 0
-        store[1 : 1 + batch * n_words] = part
-    reduces = _StepRows(offsets, keep)
+    cells = _Cells(w_r, b_r, w_t, b_t)
+    h_store, c_store = _node_stores(leaves, schedule.n_rows, schedule.leaf_ids)
+    reduces, scratch = _StepRows(sizes, keep), _StepRows(sizes, keep=False)
     x = leaves.new_empty(reduces.rows, 2 * d)  # [h_left; h_right] of every REDUCE
     e = leaves.new_empty(reduces.rows, dt)  # the Tracker's h each REDUCE reads
     act = leaves.new_empty(reduces.rows, 5 * d)  # gate activations
     tanh_c = leaves.new_empty(reduces.rows, d)
-    w_r = _double_gate(w_r, 5, 4)
-    b_r = _double_gate(b_r, 5, 4)
-    w_c, w_e = w_r[:, : 2 * d].t(), w_r[:, 2 * d :].t()
+    children_c = leaves.new_empty(scratch.rows, 2, d)
+    new_hc = leaves.new_empty(2, scratch.rows, d)
+    reduce_steps = zip(
+        sizes,
+        zip(reduces.views(x.view(-1, d), 2), reduces.views(x), reduces.views(e), strict=True),
+        zip(reduces.views(act), reduces.gates(act, 5), reduces.views(tanh_c), strict=True),
+        zip(
+            scratch.views(children_c.view(-1, d), 2),
+            scratch.views(children_c[:, 0]),
+            scratch.views(children_c[:, 1]),
+            scratch.views(new_hc[0]),
+            scratch.views(new_hc[1]),
+            strict=True,
+        ),
+        ids,
+        strict=True,
+    )
     if tracked:
         # The Tracker's rows, packed: step t holds the first active[t] sentences (longest first).
         active = schedule.tracker_active
-        tracks = _StepRows([0, *itertools.accumulate(active)], keep)
-        w_t = _double_gate(w_t, 4, 2)
-        b_t = _double_gate(b_t, 4, 2)
-        w_buf, w_x, w_hh = w_t[:, :d].t(), w_t[:, d : 3 * d].t(), w_t[:, 3 * d :].t()
-        # The buffer top is always a leaf: its share of the gates and the bias, for every leaf in one
-        # matmul; row 0 (an empty buffer) holds the bias alone.
-        buffer_gates = leaves.new_empty(1 + batch * n_words, 4 * dt)
-        buffer_gates[0] = b_t
-        torch.addmm(b_t, leaves[:, :d], w_buf, out=buffer_gates[1:])
-        xt = leaves.new_empty(tracks.rows * 2, d)  # h of stack top and second
-        h_prev = leaves.new_empty(tracks.rows, dt)
+        tracks = _StepRows(active, keep)
+        buffer_gates = cells.buffer_gates(leaves[:, :d])
+        xt = leaves.new_empty(tracks.rows, 2 * d)  # h of stack top and second
         act_t = leaves.new_empty(tracks.rows, 4 * dt)
         tanh_ct = leaves.new_empty(tracks.rows, dt)
-        h_t = leaves.new_zeros(n_steps + 1, batch, dt)  # the state after each step, 0 when done
-        c_t = leaves.new_zeros(n_steps + 1, batch, dt)
-    for t in range(n_steps):
+        h_t = leaves.new_empty(batch + sum(active), dt)  # packed states (`_TrackerRows`)
+        c_t = leaves.new_empty(batch + sum(active), dt)
+        h_t[:batch] = 0
+        c_t[:batch] = 0
+        h_rows, c_rows = _TrackerRows(h_t, batch, active), _TrackerRows(c_t, batch, active)
+        tracker_steps = zip(
+            zip(tracks.views(xt.view(-1, d), 2), tracks.views(xt), strict=True),
+            zip(tracks.views(act_t), tracks.gates(act_t, 4), tracks.views(tanh_ct), strict=True),
+            zip(h_rows.prev, h_rows.new, c_rows.prev, c_rows.new, strict=True),
+            zip(
+                schedule.tracker_stack.split([2 * k for k in active]),
+                schedule.tracker_buffer.split(active),
+                strict=True,
+            ),
+            strict=True,
+        )
+    for m, inputs, gates, temp, step_ids in reduce_steps:
         if tracked:
-            k = active[t]
-            lo, hi = tracks.span(t)
-            xs, hp, z = xt[2 * lo : 2 * hi], h_prev[lo:hi], act_t[lo:hi]
-            torch.index_select(h_store, 0, schedule.tracker_stack[t, : 2 * k], out=xs)
-            hp.copy_(h_t[t, :k])
-            torch.index_select(buffer_gates, 0, schedule.tracker_buffer[t, :k], out=z)
-            z.addmm_(xs.view(k, 2 * d), w_x).addmm_(hp, w_hh)
-            i, f, g, o = _split(z, 4)
-            z.sigmoid_()
-            g.mul_(two).sub_(one)  # tanh
-            c = c_t[t + 1, :k]
-            torch.mul(i, g, out=c).addcmul_(f, c_t[t, :k])
-            torch.mul(o, _tanh(c, tanh_ct[lo:hi], two, one), out=h_t[t + 1, :k])
-        lo, hi = offsets[t], offsets[t + 1]
-        if hi == lo:
+            (xs_rows, xs), (z, tracker_gates, tc), states, (stack, buffer) = next(tracker_steps)
+            h_prev, h_new, c_prev, c_new = states
+            torch.index_select(h_store, 0, stack, out=xs_rows)
+            torch.index_select(buffer_gates, 0, buffer, out=z)
+            z.addmm_(xs, cells.tracker_stack).addmm_(h_prev, cells.tracker_hidden)
+            cells.tracker(z, tracker_gates, c_prev, c_new, h_new, tc)
+        if m == 0:
             continue
-        m = hi - lo
-        children = pairs[2 * lo : 2 * hi]
-        a, b = reduces.span(t)
-        xs, z = x[a:b], act[a:b]
-        torch.index_select(h_store, 0, children, out=xs.view(2 * m, d))
-        torch.addmm(b_r, xs, w_c, out=z)
+        xs_rows, xs, es = inputs
+        z, reduce_gates, tc = gates
+        cc_rows, c_left, c_right, h, c = temp
+        children, rows, tracker_rows = step_ids
+        torch.index_select(h_store, 0, children, out=xs_rows)
+        torch.addmm(cells.reduce_bias, xs, cells.reduce_children, out=z)
         if tracked:
-            torch.index_select(h_t[t + 1], 0, schedule.step_batch[lo:hi], out=e[a:b])
-            z.addmm_(e[a:b], w_e)
-        i, f_left, f_right, o, g = _split(z, 5)
-        z.sigmoid_()
-        g.mul_(two).sub_(one)  # tanh
-        cc = c_store.index_select(0, children).view(m, 2, d)
-        c = torch.mul(i, g).addcmul_(f_left, cc[:, 0]).addcmul_(f_right, cc[:, 1])
-        tc = _tanh(c, tanh_c[a:b], two, one)
-        c_store.index_copy_(0, out[lo:hi], c)
-        h_store.index_copy_(0, out[lo:hi], torch.mul(o, tc, out=c))
+            torch.index_select(h_t, 0, tracker_rows, out=es)
+            z.addmm_(es, cells.reduce_tracker)
+        torch.index_select(c_store, 0, children, out=cc_rows)
+        cells.reduce(z, reduce_gates, c_left, c_right, c, h, tc)
+        c_store.index_copy_(0, rows, c)
+        h_store.index_copy_(0, rows, h)
     root_h = h_store.index_select(0, schedule.root)
     saved = [c_store, x, e, act, tanh_c] if keep else []
     if not tracked:
         return root_h, leaves.new_zeros(0), saved
     if keep:
-        saved += [leaves[:, :d], xt, h_prev, act_t, c_t, tanh_ct]
-    rank = torch.empty_like(schedule.tracker_order)
-    rank[schedule.tracker_order] = torch.arange(batch, device=rank.device)
-    return root_h, h_t[1:].index_select(1, rank), saved
+        saved += [leaves[:, :d], xt, act_t, h_t, c_t, tanh_ct]
+    n_steps = len(active)
+    tracker_h = h_t.new_zeros(n_steps * batch, dt).index_copy_(0, schedule.tracker_out, h_t[batch:])
+    return root_h, tracker_h.view(n_steps, batch, dt), saved
 
 
 class _Encode(torch.autograd.Function):
@@ -224,98 +349,174 @@ class _Encode(torch.autograd.Function):
     def backward(ctx, g_root, g_tracker):
         d, dt = ctx.dims
         schedule = ctx.schedule
-        batch, n_words = schedule.batch_size, schedule.n_words
+        batch = schedule.batch_size
         tracked = dt > 0
         w_r, w_t, c_store, x, e, act, tanh_c, *rest = ctx.saved_tensors
         if tracked:
-            leaf_h, xt, h_prev, act_t, c_t, tanh_ct = rest
-            pairs, out, offsets = schedule.step_children, schedule.step_out, schedule.step_offsets
+            leaf_h, xt, act_t, h_t, c_t, tanh_ct = rest
             active = schedule.tracker_active
-            t_off = [0, *itertools.accumulate(active)]
-        else:
-            pairs, out, offsets = schedule.level_children, schedule.level_out, schedule.level_offsets
-        n_steps = len(offsets) - 1
-        g_h = c_store.new_zeros(c_store.shape)  # (R, D) gradient of each node's h
-        g_c = c_store.new_zeros(c_store.shape)
+        sizes, ids = _reduce_ids(schedule, tracked)
+        reduces, scratch = _StepRows(sizes, keep=True), _StepRows(sizes, keep=False)
+        shapes = {
+            "g_h": c_store.shape,  # (R, D) gradient of each node's h
+            "g_c": c_store.shape,
+            "dz": act.shape,
+            "d_tanh_c": tanh_c.shape,
+            "u": (scratch.rows, 5 * d),
+            "g_out": (scratch.rows, 2, d),  # the gradients of a step's outputs' h and c
+            "children_c": (scratch.rows, 2, d),  # the children's c, then the gradient of their c
+            "g_children": (scratch.rows, 2 * d),  # the gradient of the children's h
+        }
+        if tracked:
+            t_scratch = _StepRows(active, keep=False)
+            shapes |= {
+                "g_ht": h_t.shape,
+                "g_ct": (batch, dt),
+                "dz_t": act_t.shape,
+                "d_tanh_ct": tanh_ct.shape,
+                "u_t": (t_scratch.rows, 4 * dt),
+                "g_xt": (t_scratch.rows, 2 * d),
+                "g_buffer_gates": (1 + len(leaf_h), 4 * dt),
+            }
+        ws = _workspace.take(c_store, shapes)
+        g_h, g_c, u, g_out, children_c, g_children = (
+            ws[k] for k in ("g_h", "g_c", "u", "g_out", "children_c", "g_children")
+        )
+        g_h.zero_()
+        g_c.zero_()
         g_h.index_copy_(0, schedule.root, g_root.to(g_h.dtype))
         # The gradient of every REDUCE's gate pre-activations: the activations' derivatives, times (step
         # by step) the gradient of the activations, gathered in one step's scratch rows u.
-        dz = _activation_grads(act, 5, 4)
-        u = act.new_empty(_StepRows(offsets, keep=False).rows, 5 * d)
+        dz = _activation_grads(act, 5, 4, out=ws["dz"])
+        d_tanh_c = torch.mul(tanh_c, tanh_c, out=ws["d_tanh_c"]).neg_().add_(1)
         w_c, w_e = w_r[:, : 2 * d], w_r[:, 2 * d :]
+        reduce_steps = zip(
+            sizes,
+            zip(
+                reduces.views(dz),
+                reduces.gates(act, 5),
+                reduces.views(act[:, d : 3 * d].view(-1, 2, d)),  # both forget gates
+                reduces.views(tanh_c),
+                reduces.views(d_tanh_c),
+                strict=True,
+            ),
+            zip(
+                scratch.views(u),
+                scratch.gates(u, 5),
+                scratch.views(u[:, d : 3 * d].view(-1, 2, d)),
+                scratch.views(g_out[:, 0]),
+                scratch.views(g_out[:, 1]),
+                scratch.views(g_out[:, 1:]),
+                strict=True,
+            ),
+            zip(
+                scratch.views(children_c.view(-1, d), 2),
+                scratch.views(children_c),
+                scratch.views(g_children),
+                scratch.views(g_children.view(-1, d), 2),
+                strict=True,
+            ),
+            ids,
+            strict=True,
+        )
         if tracked:
             w_buf, w_x, w_hh = w_t[:, :d], w_t[:, d : 3 * d], w_t[:, 3 * d :]
-            g_buffer_gates = c_store.new_zeros(1 + batch * n_words, 4 * dt)
-            # Gradients of the Tracker's h after each step, in tracker_order; rows past a sentence's
-            # last step are outputs fixed at 0, so their gradient stops there.
-            g_ht = g_tracker.index_select(1, schedule.tracker_order).to(c_store.dtype)
-            g_ht = torch.cat((g_ht.new_zeros(1, batch, dt), g_ht))
-            g_ct = c_store.new_zeros(batch, dt)
-            dz_t = _activation_grads(act_t, 4, 2)
-            u_t = act_t.new_empty(batch, 4 * dt)
-        d_tanh_c = 1 - tanh_c * tanh_c
-        if tracked:
-            d_tanh_ct = 1 - tanh_ct * tanh_ct
-        for t in reversed(range(n_steps)):
-            lo, hi = offsets[t], offsets[t + 1]
-            if hi > lo:
-                m = hi - lo
-                rows = out[lo:hi]
-                children = pairs[2 * lo : 2 * hi]
-                gh = _gather(g_h, rows)
-                gc = _gather(g_c, rows)
-                a, z = act[lo:hi], dz[lo:hi]
-                i, _, _, o, g = _split(a, 5)
-                um = u[:m]
-                ui, _, _, uo, ug = _split(um, 5)
-                torch.mul(gh, tanh_c[lo:hi], out=uo)
-                gc.addcmul_(gh * o, d_tanh_c[lo:hi])
+            tracks = _StepRows(active, keep=True)
+            # Gradients of the Tracker's h, packed like its states; rows past a sentence's last step are
+            # outputs fixed at 0, so their gradient stops there.
+            g_ht, g_ct, u_t, g_xt = ws["g_ht"], ws["g_ct"], ws["u_t"], ws["g_xt"]
+            g_ht[:batch] = 0
+            g_tracker = g_tracker.reshape(-1, dt).to(g_h.dtype)
+            torch.index_select(g_tracker, 0, schedule.tracker_out, out=g_ht[batch:])
+            g_ct.zero_()  # of the running sentences' c, carried back a step at a time
+            dz_t = _activation_grads(act_t, 4, 2, out=ws["dz_t"])
+            d_tanh_ct = torch.mul(tanh_ct, tanh_ct, out=ws["d_tanh_ct"]).neg_().add_(1)
+            g_rows = _TrackerRows(g_ht, batch, active)
+            tracker_steps = reversed(
+                list(
+                    zip(
+                        zip(
+                            tracks.views(dz_t),
+                            tracks.gates(act_t, 4),
+                            tracks.views(tanh_ct),
+                            tracks.views(d_tanh_ct),
+                            _TrackerRows(c_t, batch, active).prev,
+                            strict=True,
+                        ),
+                        zip(
+                            t_scratch.views(u_t),
+                            t_scratch.gates(u_t, 4),
+                            t_scratch.views(g_ct),
+                            t_scratch.views(g_xt),
+                            t_scratch.views(g_xt.view(-1, d), 2),
+                            strict=True,
+                        ),
+                        zip(
+                            g_rows.prev,
+                            g_rows.new,
+                            schedule.tracker_stack.split([2 * k for k in active]),
+                            strict=True,
+                        ),
+                        strict=True,
+                    )
+                )
+            )
+        for m, saved, temp, children_temp, step_ids in reversed(list(reduce_steps)):
+            if m > 0:
+                z, (i, _, _, o, g), f_pair, tc, d_tc = saved
+                uz, (ui, _, _, uo, ug), uf_pair, gh, gc, gc_rows = temp
+                cc_rows, cc, g_kids, g_kids_rows = children_temp
+                children, rows, tracker_rows = step_ids
+                torch.index_select(g_h, 0, rows, out=gh)
+                torch.index_select(g_c, 0, rows, out=gc)
+                torch.mul(gh, tc, out=uo)
+                gc.addcmul_(gh.mul_(o), d_tc)
                 # Both forget gates at once: the children's c, (M, 2, D).
-                cc = _gather(c_store, children).view(m, 2, d)
-                torch.mul(gc[:, None], cc, out=um[:, d : 3 * d].view(m, 2, d))
+                torch.index_select(c_store, 0, children, out=cc_rows)
+                torch.mul(gc_rows, cc, out=uf_pair)
                 torch.mul(gc, g, out=ui)
                 torch.mul(gc, i, out=ug)
-                z.mul_(um)
+                z.mul_(uz)
                 # Each node has one parent, so its c gradient is written, not added; its h gradient
                 # already holds what later Tracker steps read.
-                g_c.index_copy_(0, children, (gc[:, None] * a[:, d : 3 * d].view(m, 2, d)).view(2 * m, d))
-                g_h.index_add_(0, children, (z @ w_c).view(2 * m, d))
+                torch.mm(z, w_c, out=g_kids)
+                g_h.index_add_(0, children, g_kids_rows)
+                torch.mul(gc_rows, f_pair, out=cc)
+                g_c.index_copy_(0, children, cc_rows)
                 if tracked:
-                    g_ht[t + 1].index_add_(0, schedule.step_batch[lo:hi], z @ w_e)
+                    g_ht.index_add_(0, tracker_rows, z @ w_e)
             if tracked:
-                k, lo_t, hi_t = active[t], t_off[t], t_off[t + 1]
-                a, z = act_t[lo_t:hi_t], dz_t[lo_t:hi_t]
-                i, f, g, o = _split(a, 4)
-                uk = u_t[:k]
-                ui, uf, ug, uo = _split(uk, 4)
-                gh, gc = g_ht[t + 1, :k], g_ct[:k]
-                torch.mul(gh, tanh_ct[lo_t:hi_t], out=uo)
-                gc.addcmul_(gh * o, d_tanh_ct[lo_t:hi_t])
-                torch.mul(gc, c_t[t, :k], out=uf)
+                saved, temp, (gh_prev, gh, stack) = next(tracker_steps)
+                z, (i, f, g, o), tc, d_tc, c_prev = saved
+                uz, (ui, uf, ug, uo), gc, g_xs, g_xs_rows = temp
+                torch.mul(gh, tc, out=uo)
+                gc.addcmul_(gh.mul_(o), d_tc)
+                torch.mul(gc, c_prev, out=uf)
                 torch.mul(gc, g, out=ui)
                 torch.mul(gc, i, out=ug)
-                z.mul_(uk)
+                z.mul_(uz)
                 gc.mul_(f)
                 # Row 0 (the empty slot) repeats; its gradient is never used.
-                g_h.index_add_(0, schedule.tracker_stack[t, : 2 * k], (z @ w_x).view(2 * k, d))
-                g_ht[t, :k].addmm_(z, w_hh)
+                torch.mm(z, w_x, out=g_xs)
+                g_h.index_add_(0, stack, g_xs_rows)
+                gh_prev.addmm_(z, w_hh)
         g_w_r = torch.cat((dz.t() @ x, dz.t() @ e), dim=1)
         g_b_r = dz.sum(0)
         g_w_t = g_b_t = None
-        leaves = slice(1, 1 + batch * n_words)
+        g_leaf_h = g_h.index_select(0, schedule.leaf_ids)
         if tracked:
             # The buffer tops read at every step; row 0 (an empty buffer) repeats and is never used.
-            ids = torch.cat([schedule.tracker_buffer[t, :k] for t, k in enumerate(active)])
-            g_buffer_gates.index_add_(0, ids, dz_t)
-            g_h[leaves].addmm_(g_buffer_gates[leaves], w_buf)
+            g_buffer_gates = ws["g_buffer_gates"].zero_()
+            g_buffer_gates.index_add_(0, schedule.tracker_buffer, dz_t)
+            g_leaf_h.addmm_(g_buffer_gates[1:], w_buf)
             g_w_t = torch.cat(
                 (
-                    g_buffer_gates[leaves].t() @ leaf_h,
-                    dz_t.t() @ xt.view(-1, 2 * d),
-                    dz_t.t() @ h_prev,
+                    g_buffer_gates[1:].t() @ leaf_h,
+                    dz_t.t() @ xt,
+                    dz_t.t() @ h_t.index_select(0, schedule.tracker_prev),
                 ),
                 dim=1,
             )
             g_b_t = dz_t.sum(0)
-        g_leaves = torch.cat((g_h[leaves], g_c[leaves]), dim=1)
+        g_leaves = torch.cat((g_leaf_h, g_c.index_select(0, schedule.leaf_ids)), dim=1)
         return g_leaves, g_w_r, g_b_r, g_w_t, g_b_t, None

@@ -98,19 +98,29 @@ class Schedule:
 
     Attributes:
         n_rows: rows of the node store.
+        leaf_rows: (W,) b N + i for each real word i of sentence b (W of them, sentence-major): the rows
+            of the padded (B N, ...) words that are read; padding is never projected.
+        leaf_ids: (W,) the node id of each of those words, ``1 + leaf_rows``.
         tracker_order: (B,) the sentences from the longest to the shortest (stable): the Tracker works
             on them in this order, so that the sentences still running at step t are the first
             ``tracker_active[t]`` and a step reads a prefix instead of gathering.
         tracker_active: T ints, how many sentences have a real (non-PAD) transition at each step.
-        tracker_buffer: (T, B) per step, the id of each sentence's buffer top (a leaf, or 0 when the
-            buffer is empty) before the transition, in ``tracker_order``.
-        tracker_stack: (T, B * 2) per step, the ids of each sentence's stack top and the item below it,
-            sentence-major in ``tracker_order``.
-        step_batch: (R,) the position in ``tracker_order`` of the sentence of each REDUCE, grouped by step.
+        tracker_buffer: (P,) the buffer top of each running sentence before each step's transition, as
+            1 + its index in ``leaf_rows`` (0 when the buffer is empty), packed: step t holds
+            ``tracker_active[t]`` of them in ``tracker_order``, after step t - 1's (P = sum of
+            ``tracker_active``).
+        tracker_stack: (2 P,) the ids of the stack top and the item below it, packed the same way.
+        tracker_prev: (P,) the row of the packed Tracker state (see `spinn.model.fused`) that each
+            packed step row starts from: rows 0..B-1 are the zero initial state, row B + p holds the
+            state after packed row p.
+        tracker_out: (P,) t B + b for the packed row of sentence b at step t: where it goes in the
+            (T, B) output.
+        step_tracker: (R,) the packed Tracker state row each REDUCE reads (its sentence's Tracker h
+            after that step), grouped by step.
         step_children: (2 R,) the (left, right) children of each REDUCE in turn, grouped by step: gathering
             their rows gives (2 M, D) that views as (M, 2 D) [h_left; h_right] with no copy.
         step_out: (R,) the row each REDUCE writes, grouped by step.
-        step_offsets: T + 1 ints; step t's REDUCEs are ``step_batch[step_offsets[t]:step_offsets[t+1]]``.
+        step_offsets: T + 1 ints; step t's REDUCEs are ``step_out[step_offsets[t]:step_offsets[t+1]]``.
         level_children, level_out, level_offsets: the same REDUCEs grouped by tree level (a node's level
             is one more than its higher child's, leaves are level 0), for the encoder without a Tracker.
         root: (B,) the id of each sentence's root.
@@ -119,11 +129,15 @@ class Schedule:
     n_rows: int
     batch_size: int
     n_words: int
+    leaf_rows: Tensor
+    leaf_ids: Tensor
     tracker_order: Tensor
     tracker_active: list[int]
     tracker_buffer: Tensor
     tracker_stack: Tensor
-    step_batch: Tensor
+    tracker_prev: Tensor
+    tracker_out: Tensor
+    step_tracker: Tensor
     step_children: Tensor
     step_out: Tensor
     step_offsets: list[int]
@@ -190,15 +204,29 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     order = torch.sort(lengths, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank[order] = torch.arange(batch)
+    # Packed Tracker rows: step t's running sentences are the first active[t] of tracker_order.
+    active = (2 * lengths - 1 > torch.arange(steps)[:, None]).sum(1)  # (T,)
+    running = torch.arange(batch)[None, :] < active[:, None]  # (T, B) in tracker_order
+    starts = active.cumsum(0) - active  # first packed row of each step
+    prev_start = torch.cat((starts.new_zeros(1), batch + starts[:-1]))
+    tracker_ids = tracker_ids[:, order]
+    leaf_rows = (torch.arange(n_words) < lengths[:, None]).view(-1).nonzero()[:, 0]
+    packed_leaf = torch.zeros(1 + batch * n_words, dtype=torch.long)  # node id -> 1 + index in leaf_rows
+    packed_leaf[1 + leaf_rows] = torch.arange(1, 1 + len(leaf_rows))
+    step_of_reduce = torch.repeat_interleave(torch.arange(steps), torch.tensor(counts, dtype=torch.long))
     return Schedule(
         n_rows=store_rows(batch, n_words),
         batch_size=batch,
         n_words=n_words,
+        leaf_rows=leaf_rows,
+        leaf_ids=1 + leaf_rows,
         tracker_order=order,
-        tracker_active=(2 * lengths - 1 > torch.arange(steps)[:, None]).sum(1).tolist(),
-        tracker_buffer=tracker_ids[:, order, 0].contiguous(),
-        tracker_stack=tracker_ids[:, order, 1:].reshape(steps, batch * 2),
-        step_batch=rank[torch.cat(step_batch)],
+        tracker_active=active.tolist(),
+        tracker_buffer=packed_leaf[tracker_ids[..., 0][running]],
+        tracker_stack=tracker_ids[..., 1:][running].reshape(-1),
+        tracker_prev=(prev_start[:, None] + torch.arange(batch))[running],
+        tracker_out=(torch.arange(steps)[:, None] * batch + order)[running],
+        step_tracker=batch + starts[step_of_reduce] + rank[torch.cat(step_batch)],
         step_children=step_children,
         step_out=step_out,
         step_offsets=step_offsets,

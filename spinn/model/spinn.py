@@ -14,11 +14,15 @@ How the batched stack is stored
   the order of REDUCEs, so all nodes of one tree level are composed in one call (tree height steps);
   with a Tracker the loop runs over the 2N - 1 steps, each on the sentences not yet finished.
 * **Predicted transitions** (full SPINN at evaluation): the ids advance on the device step by step
-  (`_StackPointers`); the store is written in place outside autograd by `_Write` and `_Read`, whose
-  backward moves gradients through a gradient store of the same shape (autograd through in-place
-  writes to one tensor would copy the whole buffer's gradient at every step: quadratic in length).
-  A chain of scalar "tokens" from each write to the next read and write orders the backward.
-  Where autograd records nothing (evaluation under ``torch.no_grad``) the store is indexed directly.
+  (`_StackPointers`), and each step's actions are read back to the host once to pick the REDUCEs.
+  When no gradient is needed (``torch.no_grad``, or nothing requires one) the loop runs outside
+  autograd with the kernels of `spinn.model.fused`: h and c stores written in place, the buffer
+  top's share of the Tracker's gates computed for all leaves before the loop, the Tracker only on
+  the sentences still running. Otherwise it runs through the `Tracker` and `Reduce` modules, the
+  store written in place outside autograd by `_Write` and `_Read`, whose backward moves gradients
+  through a gradient store of the same shape (autograd through in-place writes to one tensor would
+  copy the whole buffer's gradient at every step: quadratic in length). A chain of scalar "tokens"
+  from each write to the next read and write orders the backward.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.fused import encode_given
+from spinn.model.fused import _Cells, _node_stores, _split, encode_given
 from spinn.model.schedule import Schedule, _StackPointers, build_schedule, store_rows
 from spinn.transitions import PAD, REDUCE, SHIFT
 
@@ -42,7 +46,7 @@ class SPINNOutput:
     Attributes:
         h: (B, d_hidden) the sentence vectors (h of each tree's root).
         transition_logits: (B, T, 2) SHIFT/REDUCE scores of the Tracker at each step (full SPINN only);
-            with given transitions the scores past a sentence's last step are those of a zero state.
+            the scores past a sentence's last step are those of a zero state.
         transition_loss: scalar mean cross-entropy of those scores against the given transitions over
             the real (non-PAD) steps (full SPINN, when transitions are given).
         predicted_transitions: (B, T) long, the best valid transition at each step, PAD after a
@@ -256,11 +260,10 @@ class SPINN(nn.Module):
             ParseError: transitions that do not build one tree per sentence.
         """
         batch, n_words = self._check_inputs(words, transitions, lengths)
-        leaves = self.leaf(words).reshape(batch * n_words, 2 * self.d_hidden)  # (B N, 2 D)
         if self.transition_head is not None:
             given = self.training if use_given_transitions is None else use_given_transitions
             if not given:
-                return self._follow_predictions(leaves, transitions, lengths, n_words)
+                return self._follow_predictions(words, transitions, lengths)
         if transitions is None:
             raise SpinnError("transitions is None: only a full SPINN following its predictions can parse")
         if schedule is None:
@@ -271,6 +274,9 @@ class SPINN(nn.Module):
                 f"the batch has {batch} of {n_words}"
             )
         tracker = self.tracker
+        # Only the real words are projected: padding is about a quarter of a bucketed NLI batch, whose
+        # hypotheses are shorter than its premises.
+        leaves = self.leaf(words.reshape(batch * n_words, -1).index_select(0, schedule.leaf_rows))
         h, tracker_h = encode_given(
             leaves,
             self.reduce.gates.weight,
@@ -308,11 +314,25 @@ class SPINN(nn.Module):
         """(B, 3 D): h of the buffer top, stack top and second item, from ids (B * 3,)."""
         return store.read(ids).view(batch, 3, 2 * self.d_hidden)[:, :, : self.d_hidden].reshape(batch, -1)
 
-    def _follow_predictions(
-        self, leaves: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
-    ) -> SPINNOutput:
+    def _follow_predictions(self, words: Tensor, transitions: Tensor | None, lengths: Tensor) -> SPINNOutput:
         """Full SPINN at evaluation: the best valid predicted transition drives each step."""
-        batch = lengths.shape[0]
+        # As in `encode_given`: outside autograd when nothing needs a gradient.
+        if torch.is_grad_enabled() and any(p.requires_grad for p in (words, *self.parameters())):
+            logits, actions, h = self._follow_predictions_autograd(words, lengths)
+        else:
+            logits, actions, h = self._follow_predictions_no_grad(words, lengths)
+        return SPINNOutput(
+            h=h,
+            transition_logits=logits,
+            transition_loss=None if transitions is None else transition_loss(logits, transitions),
+            predicted_transitions=actions,
+        )
+
+    def _follow_predictions_autograd(self, words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, 2) logits, (B, T) transitions and (B, D) root h through the generic modules, recorded
+        by autograd (the node store passes gradients by hand)."""
+        batch, n_words = words.shape[:2]
+        leaves = self.leaf(words).reshape(batch * n_words, 2 * self.d_hidden)  # (B N, 2 D)
         store = _NodeStore(store_rows(batch, n_words), leaves)
         store.write(torch.arange(1, 1 + batch * n_words, device=leaves.device), leaves)
         pointers = _StackPointers(lengths.to(leaves.device), n_words)
@@ -336,13 +356,92 @@ class SPINN(nn.Module):
                 children = store.read(ids[:, 1:].index_select(0, rows).view(-1)).view(m, 2, -1)
                 composed = self.reduce(children[:, 1], children[:, 0], state[0].index_select(0, rows))
                 store.write(target.index_select(0, rows), composed)
-        logits = torch.stack(logits, dim=1)
-        return SPINNOutput(
-            h=store.read(pointers.root())[:, : self.d_hidden],
-            transition_logits=logits,
-            transition_loss=None if transitions is None else transition_loss(logits, transitions),
-            predicted_transitions=torch.stack(actions, dim=1),
+        actions = torch.stack(actions, dim=1)
+        # Past its last step a sentence scores as a zero state, as with given transitions.
+        logits = torch.where(
+            (actions == PAD)[..., None],
+            self.transition_head.bias.to(logits[0].dtype),
+            torch.stack(logits, dim=1),
         )
+        return logits, actions, store.read(pointers.root())[:, : self.d_hidden]
+
+    def _follow_predictions_no_grad(self, words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What `_follow_predictions_autograd` returns, computed outside autograd as in
+        `spinn.model.fused`: h and c in separate stores written in place, buffers allocated once per
+        batch, the buffer top's share of the Tracker's gates for every real word in one matmul before
+        the loop, one sigmoid over all gates (tanh(z) = 2 sigmoid(2 z) - 1), and the Tracker only on the
+        sentences not yet finished: sorted longest first, those are a prefix of the batch (the leaf
+        rows of the stores follow that order). Only the real words are projected to leaves."""
+        d, dt = self.d_hidden, self.tracker.d_tracker
+        batch, n_words = words.shape[:2]
+        n_leaves, n_steps = batch * n_words, 2 * n_words - 1
+        lengths = lengths.to(words.device)
+        order = torch.sort(lengths, descending=True, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(batch, device=order.device)
+        positions = torch.arange(n_words, device=order.device)
+        # The host reads outside the loop: how many sentences still run at each step (non-increasing;
+        # the steps past the longest sentence are dropped), and the real words, r N + i for word i of
+        # the r-th longest sentence.
+        active = (2 * lengths[order, None] - 1 > torch.arange(n_steps, device=order.device)).sum(0).tolist()
+        active = [k for k in active if k]
+        real = (positions < lengths[order, None]).view(-1).nonzero()[:, 0]
+        source = (order[:, None] * n_words + positions).view(-1).index_select(0, real)
+        leaves = self.leaf(words.reshape(n_leaves, -1).index_select(0, source)).detach()  # (W, 2 D)
+        dtype = leaves.dtype  # bf16 under autocast: one dtype throughout, as in `encode_given`
+        w_t, b_t, w_r, b_r, w_p, b_p = (
+            p.detach().to(dtype)
+            for p in (
+                *self.tracker.gates.parameters(),
+                *self.reduce.gates.parameters(),
+                *self.transition_head.parameters(),
+            )
+        )
+        with torch.autocast(leaves.device.type, enabled=False):
+            cells = _Cells(w_r, b_r, w_t, b_t)
+            h_store, c_store = _node_stores(leaves, store_rows(batch, n_words), 1 + real)
+            # Row j of buffer_gates is for the j-th real word; packed maps a leaf's node id to its row.
+            # Packed rows rather than one per node id: the table's fresh memory is slow to fault in.
+            buffer_gates = cells.buffer_gates(leaves[:, :d])
+            packed = torch.zeros(1 + n_leaves, dtype=torch.long, device=leaves.device)
+            packed[1 + real] = torch.arange(1, 1 + len(real), device=leaves.device)
+            state = leaves.new_zeros(2, 2, batch, dt)  # the Tracker's (h, c) before a step and after it
+            x_t, z_t, tanh_t, x_r, z_r, c_r, h_r, e_r, tanh_r = (
+                leaves.new_empty(batch, n) for n in (2 * d, 4 * dt, dt, 2 * d, 5 * d, d, d, dt, d)
+            )
+            logits = b_p.expand(n_steps, batch, 2).clone()  # a zero state's scores past the last step
+            actions = torch.full((n_steps, batch), int(PAD), dtype=torch.long, device=leaves.device)
+            pointers = _StackPointers(lengths[order], n_words)
+            for t, k in enumerate(active):
+                (h, c), (h_next, c_next) = state[t % 2, :, :k], state[1 - t % 2, :, :k]
+                ids = pointers.tracker_ids()  # (B, 3) buffer top, stack top, second
+                xs, z = x_t[:k], z_t[:k]
+                torch.index_select(buffer_gates, 0, packed.index_select(0, ids[:k, 0]), out=z)
+                torch.index_select(h_store, 0, ids[:k, 1:].reshape(-1), out=xs.view(2 * k, d))
+                z.addmm_(xs, cells.tracker_stack).addmm_(h, cells.tracker_hidden)
+                cells.tracker(z, _split(z, 4), c, c_next, h_next, tanh_t[:k])
+                scores = torch.addmm(b_p, h_next, w_p.t(), out=logits[t, :k])
+                can = (pointers.can_shift()[:k], pointers.can_reduce()[:k])
+                action = torch.argmax(_mask_invalid(scores, *can), 1, out=actions[t, :k])
+                target = pointers.advance(actions[t])
+                # The step's one host read: which sentences REDUCE.
+                reducing = (action == REDUCE).nonzero()[:, 0]
+                m = len(reducing)
+                if not m:
+                    continue
+                # The children as [left; right]: the second item, then the stack top.
+                children = ids.index_select(0, reducing)[:, 1:].flip(1).reshape(-1)
+                xs, z = x_r[:m], z_r[:m]
+                torch.index_select(h_store, 0, children, out=xs.view(2 * m, d))
+                torch.addmm(cells.reduce_bias, xs, cells.reduce_children, out=z)
+                z.addmm_(torch.index_select(h_next, 0, reducing, out=e_r[:m]), cells.reduce_tracker)
+                cc = c_store.index_select(0, children).view(m, 2, d)
+                cells.reduce(z, _split(z, 5), cc[:, 0], cc[:, 1], c_r[:m], h_r[:m], tanh_r[:m])
+                out = target.index_select(0, reducing)
+                c_store.index_copy_(0, out, c_r[:m])
+                h_store.index_copy_(0, out, h_r[:m])
+            h = h_store.index_select(0, pointers.root().index_select(0, rank))
+        return logits.transpose(0, 1).index_select(0, rank), actions.t().index_select(0, rank), h
 
 
 def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
