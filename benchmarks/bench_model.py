@@ -249,6 +249,14 @@ def ceiling_probe(batches, d, dt, predict, train, setup: Setup) -> tuple[float, 
 # ----------------------------------------------------------------------------- runs
 
 
+def default_batches(batch_size: int, quick: bool) -> int:
+    """Batches per repetition: more at small sizes, where one batch's sentence lengths would otherwise
+    set the ratio (a batch of 32 takes ~0.1 s), one at 512 (the reference needs ~30 s per batch)."""
+    if quick or batch_size >= 512:
+        return 1
+    return 4 if batch_size <= 32 else 2
+
+
 def throughput(dataset, vocab_size, args, setup: Setup) -> list[dict]:
     rows = []
     for d in args.d_hidden:
@@ -258,7 +266,7 @@ def throughput(dataset, vocab_size, args, setup: Setup) -> list[dict]:
             if setup.compile:
                 model = torch.compile(model, dynamic=True)
             for bs in args.batch_sizes:
-                n_batches = setup.n_batches or (1 if args.quick or bs >= 512 else 2)
+                n_batches = setup.n_batches or default_batches(bs, args.quick)
                 batches = [b.to(setup.device) for b in real_batches(dataset, bs, n_batches)]
                 # Training with dropout moves the two models apart; the cross-check starts from equal weights.
                 load_from_classifier(ref, model)
@@ -389,7 +397,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, choices=["spinn_pi_nt", "spinn_pi", "spinn"])
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument(
-        "--n-batches", type=int, default=None, help="batches per repetition (default 2, 1 at batch >= 512)"
+        "--n-batches",
+        type=int,
+        default=None,
+        help="batches per repetition (default 4 at batch 32, 2 at 128, 1 at 512)",
     )
     parser.add_argument("--token-batch", type=int, default=None, help="pairs per time-per-token batch")
     parser.add_argument("--compile", action="store_true", help="torch.compile our classifier (experimental)")
@@ -406,7 +417,7 @@ def main() -> None:
     setup = Setup(
         device=torch.device(args.device),
         amp=torch.bfloat16 if args.amp == "bf16" else None,
-        reps=args.reps or 3,
+        reps=args.reps or 5,
         n_batches=args.n_batches,
         compile=args.compile,
     )
