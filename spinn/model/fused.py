@@ -363,7 +363,8 @@ class _Encode(torch.autograd.Function):
             "dz": act.shape,
             "d_tanh_c": tanh_c.shape,
             "u": (scratch.rows, 5 * d),
-            "g_out": (scratch.rows, 2, d),  # the gradients of a step's outputs' h and c
+            "g_out_h": (scratch.rows, d),  # the gradients of a step's outputs' h and c
+            "g_out_c": (scratch.rows, d),
             "children_c": (scratch.rows, 2, d),  # the children's c, then the gradient of their c
             "g_children": (scratch.rows, 2 * d),  # the gradient of the children's h
         }
@@ -379,8 +380,8 @@ class _Encode(torch.autograd.Function):
                 "g_buffer_gates": (1 + len(leaf_h), 4 * dt),
             }
         ws = _workspace.take(c_store, shapes)
-        g_h, g_c, u, g_out, children_c, g_children = (
-            ws[k] for k in ("g_h", "g_c", "u", "g_out", "children_c", "g_children")
+        g_h, g_c, u, g_out_h, g_out_c, children_c, g_children = (
+            ws[k] for k in ("g_h", "g_c", "u", "g_out_h", "g_out_c", "children_c", "g_children")
         )
         g_h.zero_()
         g_c.zero_()
@@ -404,9 +405,9 @@ class _Encode(torch.autograd.Function):
                 scratch.views(u),
                 scratch.gates(u, 5),
                 scratch.views(u[:, d : 3 * d].view(-1, 2, d)),
-                scratch.views(g_out[:, 0]),
-                scratch.views(g_out[:, 1]),
-                scratch.views(g_out[:, 1:]),
+                scratch.views(g_out_h),
+                scratch.views(g_out_c),
+                scratch.views(g_out_c[:, None]),
                 strict=True,
             ),
             zip(
