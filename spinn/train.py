@@ -653,8 +653,10 @@ def summarize(
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on test and write summary.json with its dev and test figures.
 
-    Its dev figures are those of the whole-dev evaluation that chose it (the same weights).
+    Its dev figures are those of the whole-dev evaluation that chose it (the same weights). In a
+    distributed run every rank calls it: each scores its shard of the test split, rank 0 writes.
     """
+    distributed.barrier()  # best.pt, written by rank 0, is complete before any rank reads it
     best = load_checkpoint(run_dir / "best.pt", map_location=device)
     test = None
     if data.test is not None:
@@ -664,7 +666,8 @@ def summarize(
             data.test.dataset,
             batch_size=cfg.train.eval_batch_size,
             device=device,
-            progress=cfg.train.progress,
+            bf16=cfg.train.bf16 and device.type == "cuda",  # as the dev evaluations that chose it
+            progress=cfg.train.progress and cli.is_main_process(),
             desc="best on test",
         )
         test = split_metrics(result, data.test)
@@ -678,7 +681,8 @@ def summarize(
         "dev": best["dev"],
         "test": test,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if cli.is_main_process():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -785,10 +789,14 @@ def run_train(args: argparse.Namespace) -> int:
         reason = train(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device, averaged)
     finally:
         log.close()
-    # The test evaluation and the summary run on rank 0 alone; the other ranks are done.
-    distributed.teardown()
     seconds = time.perf_counter() - start
-    if reason in INTERRUPTIONS:
+    interrupted = reason in INTERRUPTIONS
+    summary = None if interrupted else summarize(cfg, data, model, state, reason, run_dir, device, seconds)
+    # Every rank leaves the group together: a rank that exits while another still holds the group open
+    # makes gloo abort that one.
+    distributed.barrier()
+    distributed.teardown()
+    if interrupted:
         print(
             f"{reason} at step {state.step}: saved {run_dir / 'last.pt'}; continue with "
             f"python scripts/train.py --resume {run_dir}",
@@ -797,7 +805,6 @@ def run_train(args: argparse.Namespace) -> int:
         return 128 + signal.Signals[reason].value
     if not cli.is_main_process():
         return 0
-    summary = summarize(cfg, data, model, state, reason, run_dir, device, seconds)
     if plot_learning_curve(run_dir / "log.jsonl", run_dir / "learning_curve.png"):
         print(f"learning curve: {run_dir / 'learning_curve.png'}")
     test = summary["test"]

@@ -234,6 +234,7 @@ def test_torchrun_train_resume_then_single_process_evaluate(data_dir, tmp_path):
         f"data.data_dir={tmp_path}",
         "data.train=snli_1.0_train_0.01.jsonl",
         "data.dev=snli_1.0_dev.jsonl",
+        "data.test=snli_1.0_dev.jsonl",  # a test split too: its evaluation is sharded over the ranks
         f"data.cache_dir={tmp_path / 'cache'}",
         f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
         "model.d_hidden=16",
@@ -286,6 +287,11 @@ def test_torchrun_train_resume_then_single_process_evaluate(data_dir, tmp_path):
     assert [r["step"] for r in dev] == [2, 3, 4, 5]
     best = torch.load(run / "best.pt", weights_only=True)
     assert best["dev"]["pairs"] == 41 and not any(k.startswith("module.") for k in best["model"])
+    # Both ranks scored the best checkpoint on test (the dev file again): the figures that chose it.
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["pairs"] == 41
+    assert summary["test"]["accuracy"] == best["dev"]["accuracy"]
+    assert summary["test"]["loss"] == pytest.approx(best["dev"]["loss"], abs=1e-5)
 
     # The checkpoint of the 2-process run in one process: the same dev accuracy as the sharded evaluation.
     out = _run("scripts/evaluate.py", "--checkpoint", str(run / "best.pt"), "--split", "dev", "--no-progress")
