@@ -23,6 +23,7 @@ summed over the ranks, so every rank holds the same figures as a single process 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -111,6 +112,9 @@ def setup(device: torch.device) -> torch.device:
 def teardown() -> None:
     """Leave the process group (no-op in a single process)."""
     if is_distributed():
+        # Free now whatever still holds the group (a DistributedDataParallel wrapper in a reference
+        # cycle), not at interpreter shutdown, where gloo's threads can abort the process.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -120,6 +120,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
+        distributed.barrier()  # leave together, as scripts/train.py does: gloo may abort a rank left alone
     finally:
         distributed.teardown()
 
