@@ -93,6 +93,23 @@ def _double_gate(w: Tensor, n_gates: int, gate: int) -> Tensor:
     return w * scale.view(-1, *(1,) * (w.dim() - 1))
 
 
+def _reduce_blocks(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Reduce's weight (5 D, 2 D + d_tracker) as its columns for [h_left; h_right] and for the Tracker."""
+    d = w.shape[0] // 5
+    return w[:, : 2 * d], w[:, 2 * d :]
+
+
+def _tracker_blocks(w: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The Tracker's weight (4 d_tracker, 3 D + d_tracker) as its columns for the buffer top, for
+    [stack top; second] and for its own h."""
+    return w[:, :d], w[:, d : 3 * d], w[:, 3 * d :]
+
+
+def _one_minus_square(a: Tensor, out: Tensor) -> Tensor:
+    """1 - a^2 into out: the derivative of tanh from its value."""
+    return torch.mul(a, a, out=out).neg_().add_(1)
+
+
 class _Cells:
     """The Tracker's and Reduce's cells as both step loops (this module's and the full SPINN's over its
     own predictions) run them: weights transposed for `torch.addmm`, the rows of each tanh gate doubled
@@ -102,16 +119,12 @@ class _Cells:
     def __init__(self, w_r: Tensor, b_r: Tensor, w_t: Tensor | None, b_t: Tensor | None) -> None:
         d = w_r.shape[0] // 5
         self.two, self.one = w_r.new_full((), 2.0), w_r.new_full((), 1.0)  # filled on the device
-        w_r = _double_gate(w_r, 5, 4)
         self.reduce_bias = _double_gate(b_r, 5, 4)
-        self.reduce_children, self.reduce_tracker = w_r[:, : 2 * d].t(), w_r[:, 2 * d :].t()
+        self.reduce_children, self.reduce_tracker = (w.t() for w in _reduce_blocks(_double_gate(w_r, 5, 4)))
         if w_t is not None:
-            w_t = _double_gate(w_t, 4, 2)
             self.tracker_bias = _double_gate(b_t, 4, 2)
             self.tracker_buffer, self.tracker_stack, self.tracker_hidden = (
-                w_t[:, :d].t(),
-                w_t[:, d : 3 * d].t(),
-                w_t[:, 3 * d :].t(),
+                w.t() for w in _tracker_blocks(_double_gate(w_t, 4, 2), d)
             )
 
     def buffer_gates(self, leaf_h: Tensor) -> Tensor:
@@ -158,8 +171,7 @@ def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) ->
     """The derivative of each gate's activation from its value a, into out: a (1 - a) for the sigmoids,
     1 - a^2 for the tanh gate."""
     torch.sub(act, torch.mul(act, act, out=out), out=out)
-    a = _split(act, n_gates)[tanh_gate]
-    torch.mul(a, a, out=_split(out, n_gates)[tanh_gate]).neg_().add_(1)
+    _one_minus_square(_split(act, n_gates)[tanh_gate], out=_split(out, n_gates)[tanh_gate])
     return out
 
 
@@ -389,8 +401,8 @@ class _Encode(torch.autograd.Function):
         # The gradient of every REDUCE's gate pre-activations: the activations' derivatives, times (step
         # by step) the gradient of the activations, gathered in one step's scratch rows u.
         dz = _activation_grads(act, 5, 4, out=ws["dz"])
-        d_tanh_c = torch.mul(tanh_c, tanh_c, out=ws["d_tanh_c"]).neg_().add_(1)
-        w_c, w_e = w_r[:, : 2 * d], w_r[:, 2 * d :]
+        d_tanh_c = _one_minus_square(tanh_c, out=ws["d_tanh_c"])
+        w_c, w_e = _reduce_blocks(w_r)
         reduce_steps = zip(
             sizes,
             zip(
@@ -421,7 +433,7 @@ class _Encode(torch.autograd.Function):
             strict=True,
         )
         if tracked:
-            w_buf, w_x, w_hh = w_t[:, :d], w_t[:, d : 3 * d], w_t[:, 3 * d :]
+            w_buf, w_x, w_hh = _tracker_blocks(w_t, d)
             tracks = _StepRows(active, keep=True)
             # Gradients of the Tracker's h, packed like its states; rows past a sentence's last step are
             # outputs fixed at 0, so their gradient stops there.
@@ -431,37 +443,34 @@ class _Encode(torch.autograd.Function):
             torch.index_select(g_tracker, 0, schedule.tracker_out, out=g_ht[batch:])
             g_ct.zero_()  # of the running sentences' c, carried back a step at a time
             dz_t = _activation_grads(act_t, 4, 2, out=ws["dz_t"])
-            d_tanh_ct = torch.mul(tanh_ct, tanh_ct, out=ws["d_tanh_ct"]).neg_().add_(1)
+            d_tanh_ct = _one_minus_square(tanh_ct, out=ws["d_tanh_ct"])
             g_rows = _TrackerRows(g_ht, batch, active)
-            tracker_steps = reversed(
-                list(
-                    zip(
-                        zip(
-                            tracks.views(dz_t),
-                            tracks.gates(act_t, 4),
-                            tracks.views(tanh_ct),
-                            tracks.views(d_tanh_ct),
-                            _TrackerRows(c_t, batch, active).prev,
-                            strict=True,
-                        ),
-                        zip(
-                            t_scratch.views(u_t),
-                            t_scratch.gates(u_t, 4),
-                            t_scratch.views(g_ct),
-                            t_scratch.views(g_xt),
-                            t_scratch.views(g_xt.view(-1, d), 2),
-                            strict=True,
-                        ),
-                        zip(
-                            g_rows.prev,
-                            g_rows.new,
-                            schedule.tracker_stack.split([2 * k for k in active]),
-                            strict=True,
-                        ),
-                        strict=True,
-                    )
-                )
+            tracker_steps = zip(
+                zip(
+                    tracks.views(dz_t),
+                    tracks.gates(act_t, 4),
+                    tracks.views(tanh_ct),
+                    tracks.views(d_tanh_ct),
+                    _TrackerRows(c_t, batch, active).prev,
+                    strict=True,
+                ),
+                zip(
+                    t_scratch.views(u_t),
+                    t_scratch.gates(u_t, 4),
+                    t_scratch.views(g_ct),
+                    t_scratch.views(g_xt),
+                    t_scratch.views(g_xt.view(-1, d), 2),
+                    strict=True,
+                ),
+                zip(
+                    g_rows.prev,
+                    g_rows.new,
+                    schedule.tracker_stack.split([2 * k for k in active]),
+                    strict=True,
+                ),
+                strict=True,
             )
+            tracker_steps = reversed(list(tracker_steps))
         for m, saved, temp, children_temp, step_ids in reversed(list(reduce_steps)):
             if m > 0:
                 z, (i, _, _, o, g), f_pair, tc, d_tc = saved

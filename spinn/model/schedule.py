@@ -201,18 +201,14 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     level_offsets = [0, *level_counts.cumsum(0).tolist()]
     level_children = step_children.view(-1, 2)[by_level].reshape(-1)
     tracker_ids = torch.stack(tracker_ids).view(steps, batch, 3)
-    order = torch.sort(lengths, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(batch)
+    order, rank = _longest_first(lengths)
     # Packed Tracker rows: step t's running sentences are the first active[t] of tracker_order.
-    active = (2 * lengths - 1 > torch.arange(steps)[:, None]).sum(1)  # (T,)
+    active = _running(lengths, steps)
     running = torch.arange(batch)[None, :] < active[:, None]  # (T, B) in tracker_order
     starts = active.cumsum(0) - active  # first packed row of each step
     prev_start = torch.cat((starts.new_zeros(1), batch + starts[:-1]))
     tracker_ids = tracker_ids[:, order]
-    leaf_rows = (torch.arange(n_words) < lengths[:, None]).view(-1).nonzero()[:, 0]
-    packed_leaf = torch.zeros(1 + batch * n_words, dtype=torch.long)  # node id -> 1 + index in leaf_rows
-    packed_leaf[1 + leaf_rows] = torch.arange(1, 1 + len(leaf_rows))
+    leaf_rows, packed_leaf = _real_words(lengths, n_words)
     step_of_reduce = torch.repeat_interleave(torch.arange(steps), torch.tensor(counts, dtype=torch.long))
     return Schedule(
         n_rows=store_rows(batch, n_words),
@@ -235,6 +231,31 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
         level_offsets=level_offsets,
         root=pointers.root(),
     )
+
+
+def _longest_first(lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """(order, rank): the sentences from the longest to the shortest (stable), and each sentence's
+    position in that order. The Tracker runs in this order, so the sentences still running at a step
+    are a prefix of the batch."""
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    return order, rank
+
+
+def _running(lengths: Tensor, steps: int) -> Tensor:
+    """(T,) how many sentences have a real (non-PAD) transition at each of ``steps`` steps."""
+    return (2 * lengths - 1 > torch.arange(steps, device=lengths.device)[:, None]).sum(1)
+
+
+def _real_words(lengths: Tensor, n_words: int) -> tuple[Tensor, Tensor]:
+    """(leaf_rows, packed): b N + i for each real word i of sentence b, sentence-major; and for each
+    node id up to the last leaf's, 1 + the index of its word in leaf_rows (0 for the empty slot and
+    for padding)."""
+    leaf_rows = (torch.arange(n_words, device=lengths.device) < lengths[:, None]).view(-1).nonzero()[:, 0]
+    packed = torch.zeros(1 + len(lengths) * n_words, dtype=torch.long, device=lengths.device)
+    packed[1 + leaf_rows] = torch.arange(1, 1 + len(leaf_rows), device=lengths.device)
+    return leaf_rows, packed
 
 
 def _check_padding(transitions: Tensor, lengths: Tensor, n_words: int) -> None:

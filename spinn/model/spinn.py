@@ -35,7 +35,15 @@ from torch import Tensor, nn
 
 from spinn.errors import SpinnError
 from spinn.model.fused import _Cells, _node_stores, _split, encode_given
-from spinn.model.schedule import Schedule, _StackPointers, build_schedule, store_rows
+from spinn.model.schedule import (
+    Schedule,
+    _longest_first,
+    _real_words,
+    _running,
+    _StackPointers,
+    build_schedule,
+    store_rows,
+)
 from spinn.transitions import PAD, REDUCE, SHIFT
 
 
@@ -376,16 +384,13 @@ class SPINN(nn.Module):
         batch, n_words = words.shape[:2]
         n_leaves, n_steps = batch * n_words, 2 * n_words - 1
         lengths = lengths.to(words.device)
-        order = torch.sort(lengths, descending=True, stable=True).indices
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(batch, device=order.device)
-        positions = torch.arange(n_words, device=order.device)
+        order, rank = _longest_first(lengths)
         # The host reads outside the loop: how many sentences still run at each step (non-increasing;
         # the steps past the longest sentence are dropped), and the real words, r N + i for word i of
-        # the r-th longest sentence.
-        active = (2 * lengths[order, None] - 1 > torch.arange(n_steps, device=order.device)).sum(0).tolist()
-        active = [k for k in active if k]
-        real = (positions < lengths[order, None]).view(-1).nonzero()[:, 0]
+        # the r-th longest sentence, with the map from a leaf's node id to its row among them.
+        active = [k for k in _running(lengths, n_steps).tolist() if k]
+        real, packed = _real_words(lengths[order], n_words)
+        positions = torch.arange(n_words, device=order.device)
         source = (order[:, None] * n_words + positions).view(-1).index_select(0, real)
         leaves = self.leaf(words.reshape(n_leaves, -1).index_select(0, source)).detach()  # (W, 2 D)
         dtype = leaves.dtype  # bf16 under autocast: one dtype throughout, as in `encode_given`
@@ -403,8 +408,6 @@ class SPINN(nn.Module):
             # Row j of buffer_gates is for the j-th real word; packed maps a leaf's node id to its row.
             # Packed rows rather than one per node id: the table's fresh memory is slow to fault in.
             buffer_gates = cells.buffer_gates(leaves[:, :d])
-            packed = torch.zeros(1 + n_leaves, dtype=torch.long, device=leaves.device)
-            packed[1 + real] = torch.arange(1, 1 + len(real), device=leaves.device)
             state = leaves.new_zeros(2, 2, batch, dt)  # the Tracker's (h, c) before a step and after it
             x_t, z_t, tanh_t, x_r, z_r, c_r, h_r, e_r, tanh_r = (
                 leaves.new_empty(batch, n) for n in (2 * d, 4 * dt, dt, 2 * d, 5 * d, d, d, dt, d)
