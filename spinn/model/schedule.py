@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,60 +37,53 @@ def store_rows(batch_size: int, n_words: int) -> int:
 class _StackPointers:
     """The node ids on each sentence's stack, its depth and its buffer position, advanced in batch.
 
-    Used both to build a `Schedule` from given transitions (on the CPU) and, step by step on the
-    model's device, to follow the transitions a full SPINN predicts.
+    Kept on the host as numpy arrays of B entries: a few numpy calls per step cost less than the same
+    as tensor ops, and both users read each step there anyway -- `build_schedule` on the CPU from given
+    transitions, and a full SPINN following its predictions (one read of its scores per step).
     """
 
-    def __init__(self, lengths: Tensor, n_words: int) -> None:
-        batch = lengths.shape[0]
-        rows = torch.arange(batch, device=lengths.device)
+    def __init__(self, lengths: np.ndarray, n_words: int) -> None:
+        batch = len(lengths)
+        self.rows = np.arange(batch)
         self.lengths = lengths
-        self.ids = torch.zeros(batch, n_words + 3, dtype=torch.long, device=lengths.device)  # (B, N + 3)
-        self.depth = torch.zeros_like(lengths)  # (B,) items on the stack
-        self.buffer = torch.zeros_like(lengths)  # (B,) words shifted so far
-        self.reduced = torch.zeros_like(lengths)  # (B,) REDUCEs so far
-        self.leaf_base = 1 + rows * n_words
-        self.node_base = 1 + batch * n_words + rows * (n_words - 1)
+        self.ids = np.zeros((batch, n_words + 3), dtype=np.int64)  # (B, N + 3)
+        self.depth = np.zeros(batch, dtype=np.int64)  # items on the stack
+        self.buffer = np.zeros(batch, dtype=np.int64)  # words shifted so far
+        self.reduced = np.zeros(batch, dtype=np.int64)  # REDUCEs so far
+        self.leaf_base = 1 + self.rows * n_words
+        self.node_base = 1 + batch * n_words + self.rows * (n_words - 1)
         self.scratch = store_rows(batch, n_words) - 1
 
-    def can_shift(self) -> Tensor:
+    def can_shift(self) -> np.ndarray:
         return self.buffer < self.lengths
 
-    def can_reduce(self) -> Tensor:
+    def can_reduce(self) -> np.ndarray:
         return self.depth >= 2
 
-    def tracker_ids(self) -> Tensor:
+    def tracker_ids(self) -> np.ndarray:
         """(B, 3) ids of the buffer top, the stack top and the item below it (0 where absent)."""
-        buffer_top = torch.where(self.can_shift(), self.leaf_base + self.buffer, 0)
-        return torch.stack((buffer_top, self.top(), self.second()), dim=1)
+        buffer_top = np.where(self.can_shift(), self.leaf_base + self.buffer, 0)
+        return np.stack((buffer_top, self.ids[self.rows, self.depth + 1], self.ids[self.rows, self.depth]), 1)
 
-    def top(self) -> Tensor:
-        return self.ids.gather(1, (self.depth + 1)[:, None])[:, 0]
-
-    def second(self) -> Tensor:
-        return self.ids.gather(1, self.depth[:, None])[:, 0]
-
-    def advance(self, action: Tensor) -> Tensor:
+    def advance(self, action: np.ndarray) -> np.ndarray:
         """Apply one transition per sentence (PAD leaves a sentence as it is).
 
         Returns:
             (B,) the row id the REDUCE result goes to, or the scratch row where there is no REDUCE.
         """
-        shift = action == SHIFT
-        reduce = action == REDUCE
+        shift, reduce = action == SHIFT, action == REDUCE
         new_node = self.node_base + self.reduced
-        pos = torch.where(shift, self.depth + 2, self.depth)
-        value = torch.where(shift, self.leaf_base + self.buffer, new_node)
-        value = torch.where(shift | reduce, value, self.ids.gather(1, pos[:, None])[:, 0])
-        self.ids.scatter_(1, pos[:, None], value[:, None])
-        self.depth += shift.long() - reduce.long()
-        self.buffer += shift.long()
-        self.reduced += reduce.long()
-        return torch.where(reduce, new_node, self.scratch)
+        moved = shift | reduce
+        pos = np.where(shift, self.depth + 2, self.depth)[moved]
+        self.ids[self.rows[moved], pos] = np.where(shift, self.leaf_base + self.buffer, new_node)[moved]
+        self.depth += shift.astype(np.int64) - reduce
+        self.buffer += shift
+        self.reduced += reduce
+        return np.where(reduce, new_node, self.scratch)
 
-    def root(self) -> Tensor:
+    def root(self) -> np.ndarray:
         """(B,) the id of the bottom stack item: the sentence's tree once all transitions ran."""
-        return self.ids[:, 2]
+        return self.ids[:, 2].copy()
 
 
 @dataclass
@@ -170,37 +164,36 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     batch, steps = transitions.shape
     n_words = (steps + 1) // 2
     _check_padding(transitions, lengths, n_words)
-    pointers = _StackPointers(lengths, n_words)
-    level = torch.zeros(store_rows(batch, n_words), dtype=torch.long)
-    tracker_ids, step_batch, lefts, rights, outs, counts = [], [], [], [], [], []
-    for t in range(steps):
-        action = transitions[:, t]
+    pointers = _StackPointers(lengths.numpy(), n_words)
+    level = np.zeros(store_rows(batch, n_words), dtype=np.int64)
+    tracker_ids, step_batch, lefts, rights, outs = [], [], [], [], []
+    for t, action in enumerate(transitions.numpy().T):
         bad = ((action == SHIFT) & ~pointers.can_shift()) | ((action == REDUCE) & ~pointers.can_reduce())
         if bad.any():
-            b = int(bad.nonzero()[0, 0])
+            b = int(bad.argmax())
             what = "SHIFT with an empty buffer" if action[b] == SHIFT else "REDUCE with < 2 stack items"
             raise ParseError(f"sentence {b} of the batch, transition {t}: {what}")
-        tracker_ids.append(pointers.tracker_ids().reshape(-1))
-        left, right = pointers.second(), pointers.top()
+        ids = pointers.tracker_ids()
         out = pointers.advance(action)
-        rows = (action == REDUCE).nonzero()[:, 0]
-        left, right, out = left[rows], right[rows], out[rows]
-        level[out] = torch.maximum(level[left], level[right]) + 1
+        rows = np.flatnonzero(action == REDUCE)
+        left, right, out = ids[rows, 2], ids[rows, 1], out[rows]
+        level[out] = np.maximum(level[left], level[right]) + 1
+        tracker_ids.append(ids)
         step_batch.append(rows)
         lefts.append(left)
         rights.append(right)
         outs.append(out)
-        counts.append(len(rows))
-    step_out = torch.cat(outs)
-    step_left, step_right = torch.cat(lefts), torch.cat(rights)
-    step_offsets = [0, *torch.tensor(counts, dtype=torch.long).cumsum(0).tolist()]
-    step_children = torch.stack((step_left, step_right), dim=1).reshape(-1)
+    counts = torch.tensor([len(rows) for rows in step_batch], dtype=torch.long)
+    step_out = torch.from_numpy(np.concatenate(outs))
+    step_children = torch.from_numpy(np.stack((np.concatenate(lefts), np.concatenate(rights)), 1).reshape(-1))
+    level = torch.from_numpy(level)
+    step_offsets = [0, *counts.cumsum(0).tolist()]
     order = torch.sort(level[step_out], stable=True)
     by_level = order.indices
     level_counts = torch.bincount(order.values, minlength=1)[1:]  # levels 1..height
     level_offsets = [0, *level_counts.cumsum(0).tolist()]
     level_children = step_children.view(-1, 2)[by_level].reshape(-1)
-    tracker_ids = torch.stack(tracker_ids).view(steps, batch, 3)
+    tracker_ids = torch.from_numpy(np.stack(tracker_ids))  # (T, B, 3)
     order, rank = _longest_first(lengths)
     # Packed Tracker rows: step t's running sentences are the first active[t] of tracker_order.
     active = _running(lengths, steps)
@@ -209,7 +202,7 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     prev_start = torch.cat((starts.new_zeros(1), batch + starts[:-1]))
     tracker_ids = tracker_ids[:, order]
     leaf_rows, packed_leaf = _real_words(lengths, n_words)
-    step_of_reduce = torch.repeat_interleave(torch.arange(steps), torch.tensor(counts, dtype=torch.long))
+    step_of_reduce = torch.repeat_interleave(torch.arange(steps), counts)
     return Schedule(
         n_rows=store_rows(batch, n_words),
         batch_size=batch,
@@ -222,14 +215,14 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
         tracker_stack=tracker_ids[..., 1:][running].reshape(-1),
         tracker_prev=(prev_start[:, None] + torch.arange(batch))[running],
         tracker_out=(torch.arange(steps)[:, None] * batch + order)[running],
-        step_tracker=batch + starts[step_of_reduce] + rank[torch.cat(step_batch)],
+        step_tracker=batch + starts[step_of_reduce] + rank[torch.from_numpy(np.concatenate(step_batch))],
         step_children=step_children,
         step_out=step_out,
         step_offsets=step_offsets,
         level_children=level_children,
         level_out=step_out[by_level],
         level_offsets=level_offsets,
-        root=pointers.root(),
+        root=torch.from_numpy(pointers.root()),
     )
 
 

@@ -13,8 +13,9 @@ How the batched stack is stored
   gradients in one matmul over all steps, no host round trip. Without a Tracker nothing depends on
   the order of REDUCEs, so all nodes of one tree level are composed in one call (tree height steps);
   with a Tracker the loop runs over the 2N - 1 steps, each on the sentences not yet finished.
-* **Predicted transitions** (full SPINN at evaluation): the ids advance on the device step by step
-  (`_StackPointers`), and each step's actions are read back to the host once to pick the REDUCEs.
+* **Predicted transitions** (full SPINN at evaluation): the ids advance step by step on the host
+  (`_StackPointers`, numpy), which reads each step's transition scores back once to pick the
+  transitions and the REDUCEs, and sends the step's indices to the device in one copy.
   When no gradient is needed (``torch.no_grad``, or nothing requires one) the loop runs outside
   autograd with the kernels of `spinn.model.fused`: h and c stores written in place, the buffer
   top's share of the Tracker's gates computed for all leaves before the loop, the Tracker only on
@@ -28,7 +29,9 @@ How the batched stack is stored
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,6 +48,8 @@ from spinn.model.schedule import (
     store_rows,
 )
 from spinn.transitions import PAD, REDUCE, SHIFT
+
+Array = TypeVar("Array", Tensor, np.ndarray)
 
 
 @dataclass
@@ -342,36 +347,38 @@ class SPINN(nn.Module):
         batch, n_words = words.shape[:2]
         leaves = self.leaf(words).reshape(batch * n_words, 2 * self.d_hidden)  # (B N, 2 D)
         store = _NodeStore(store_rows(batch, n_words), leaves)
-        store.write(torch.arange(1, 1 + batch * n_words, device=leaves.device), leaves)
-        pointers = _StackPointers(lengths.to(leaves.device), n_words)
+        device = leaves.device
+        store.write(torch.arange(1, 1 + batch * n_words, device=device), leaves)
+        pointers = _StackPointers(lengths.cpu().numpy(), n_words)
         state = (leaves.new_zeros(batch, self.tracker.d_tracker),) * 2
         last_step = 2 * pointers.lengths - 1
         logits, actions = [], []
         for t in range(2 * n_words - 1):
             ids = pointers.tracker_ids()  # (B, 3) buffer top, stack top, second
-            state = self.tracker(self._tracker_input(store, ids.view(-1), batch), state)
+            reads = torch.from_numpy(ids).to(device).view(-1)
+            state = self.tracker(self._tracker_input(store, reads, batch), state)
             logits.append(self.transition_head(state[0]))
-            action = _mask_invalid(logits[-1], pointers.can_shift(), pointers.can_reduce()).argmax(1)
-            action = torch.where(t < last_step, action, PAD)
+            # The step's one host read: the scores, to pick the transitions and the REDUCEs.
+            scores = logits[-1].detach().float().cpu().numpy()
+            action = _mask_invalid(scores, pointers.can_shift(), pointers.can_reduce()).argmax(1)
+            action = np.where(t < last_step, action, int(PAD))
             actions.append(action)
             target = pointers.advance(action)
-            # Compose only where a REDUCE was predicted. Reading the actions back to the host costs a
-            # sync per step, but this path decides each step from the last one's output anyway.
-            rows = (action == REDUCE).nonzero()[:, 0]
-            m = len(rows)
-            if m:
-                # (M, 2, 2 D): the [h; c] of each REDUCE's right and left child.
-                children = store.read(ids[:, 1:].index_select(0, rows).view(-1)).view(m, 2, -1)
-                composed = self.reduce(children[:, 1], children[:, 0], state[0].index_select(0, rows))
-                store.write(target.index_select(0, rows), composed)
-        actions = torch.stack(actions, dim=1)
+            rows = np.flatnonzero(action == REDUCE)
+            if len(rows):
+                # The children as [left; right]: the second item, then the stack top.
+                children = store.read(torch.from_numpy(ids[rows][:, [2, 1]].reshape(-1)).to(device))
+                tracking = state[0].index_select(0, torch.from_numpy(rows).to(device))
+                composed = self.reduce(*children.view(len(rows), 2, -1).unbind(1), tracking)
+                store.write(torch.from_numpy(target[rows]).to(device), composed)
+        actions = torch.from_numpy(np.stack(actions, 1)).to(device)
         # Past its last step a sentence scores as a zero state, as with given transitions.
         logits = torch.where(
             (actions == PAD)[..., None],
             self.transition_head.bias.to(logits[0].dtype),
             torch.stack(logits, dim=1),
         )
-        return logits, actions, store.read(pointers.root())[:, : self.d_hidden]
+        return logits, actions, store.read(torch.from_numpy(pointers.root()).to(device))[:, : self.d_hidden]
 
     def _follow_predictions_no_grad(self, words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """What `_follow_predictions_autograd` returns, computed outside autograd as in
@@ -383,7 +390,8 @@ class SPINN(nn.Module):
         d, dt = self.d_hidden, self.tracker.d_tracker
         batch, n_words = words.shape[:2]
         n_leaves, n_steps = batch * n_words, 2 * n_words - 1
-        lengths = lengths.to(words.device)
+        device = words.device
+        lengths = lengths.to(device)
         order, rank = _longest_first(lengths)
         # The host reads outside the loop: how many sentences still run at each step (non-increasing;
         # the steps past the longest sentence are dropped), and the real words, r N + i for word i of
@@ -413,37 +421,44 @@ class SPINN(nn.Module):
                 leaves.new_empty(batch, n) for n in (2 * d, 4 * dt, dt, 2 * d, 5 * d, d, d, dt, d)
             )
             logits = b_p.expand(n_steps, batch, 2).clone()  # a zero state's scores past the last step
-            actions = torch.full((n_steps, batch), int(PAD), dtype=torch.long, device=leaves.device)
-            pointers = _StackPointers(lengths[order], n_words)
+            actions = np.full((n_steps, batch), int(PAD))
+            pointers = _StackPointers(lengths[order].cpu().numpy(), n_words)
+            packed = packed.cpu().numpy()
             for t, k in enumerate(active):
                 (h, c), (h_next, c_next) = state[t % 2, :, :k], state[1 - t % 2, :, :k]
-                ids = pointers.tracker_ids()  # (B, 3) buffer top, stack top, second
+                ids = pointers.tracker_ids()[:k]  # buffer top, stack top, second
+                # One host-to-device copy per step for the indices: the buffer tops' rows of
+                # buffer_gates, then the stack tops' ids.
+                reads = np.concatenate((packed[ids[:, 0]], ids[:, 1:].reshape(-1)))
+                reads = torch.from_numpy(reads).to(device)
                 xs, z = x_t[:k], z_t[:k]
-                torch.index_select(buffer_gates, 0, packed.index_select(0, ids[:k, 0]), out=z)
-                torch.index_select(h_store, 0, ids[:k, 1:].reshape(-1), out=xs.view(2 * k, d))
+                torch.index_select(buffer_gates, 0, reads[:k], out=z)
+                torch.index_select(h_store, 0, reads[k:], out=xs.view(2 * k, d))
                 z.addmm_(xs, cells.tracker_stack).addmm_(h, cells.tracker_hidden)
                 cells.tracker(z, _split(z, 4), c, c_next, h_next, tanh_t[:k])
                 scores = torch.addmm(b_p, h_next, w_p.t(), out=logits[t, :k])
+                # The step's one host read: the scores, to pick the transitions and the REDUCEs.
                 can = (pointers.can_shift()[:k], pointers.can_reduce()[:k])
-                action = torch.argmax(_mask_invalid(scores, *can), 1, out=actions[t, :k])
+                action = actions[t, :k] = _mask_invalid(scores.float().cpu().numpy(), *can).argmax(1)
                 target = pointers.advance(actions[t])
-                # The step's one host read: which sentences REDUCE.
-                reducing = (action == REDUCE).nonzero()[:, 0]
+                reducing = np.flatnonzero(action == REDUCE)
                 m = len(reducing)
                 if not m:
                     continue
-                # The children as [left; right]: the second item, then the stack top.
-                children = ids.index_select(0, reducing)[:, 1:].flip(1).reshape(-1)
+                # The children as [left; right] (the second item, then the stack top), the REDUCEs'
+                # rows and the rows their results go to.
+                rows = np.concatenate((ids[reducing][:, [2, 1]].reshape(-1), reducing, target[reducing]))
+                children, reducing, out = torch.from_numpy(rows).to(device).split((2 * m, m, m))
                 xs, z = x_r[:m], z_r[:m]
                 torch.index_select(h_store, 0, children, out=xs.view(2 * m, d))
                 torch.addmm(cells.reduce_bias, xs, cells.reduce_children, out=z)
                 z.addmm_(torch.index_select(h_next, 0, reducing, out=e_r[:m]), cells.reduce_tracker)
                 cc = c_store.index_select(0, children).view(m, 2, d)
                 cells.reduce(z, _split(z, 5), cc[:, 0], cc[:, 1], c_r[:m], h_r[:m], tanh_r[:m])
-                out = target.index_select(0, reducing)
                 c_store.index_copy_(0, out, c_r[:m])
                 h_store.index_copy_(0, out, h_r[:m])
-            h = h_store.index_select(0, pointers.root().index_select(0, rank))
+            h = h_store.index_select(0, torch.from_numpy(pointers.root()).to(device).index_select(0, rank))
+        actions = torch.from_numpy(actions).to(device)
         return logits.transpose(0, 1).index_select(0, rank), actions.t().index_select(0, rank), h
 
 
@@ -457,10 +472,11 @@ def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
     return (losses * real).sum() / real.sum()
 
 
-def _mask_invalid(logits: Tensor, can_shift: Tensor, can_reduce: Tensor) -> Tensor:
-    """Set the score of SHIFT with an empty buffer and of REDUCE with < 2 stack items to -inf."""
-    allowed = torch.stack((can_shift, can_reduce), dim=-1)
-    return logits.masked_fill(~allowed, float("-inf"))
+def _mask_invalid(logits: Array, can_shift: Array, can_reduce: Array) -> Array:
+    """Set the score of SHIFT with an empty buffer and of REDUCE with < 2 stack items to -inf, on
+    tensors or on numpy arrays (the host-side steps of a full SPINN following its predictions)."""
+    xp = np if isinstance(logits, np.ndarray) else torch
+    return xp.where(xp.stack((can_shift, can_reduce), -1), logits, float("-inf"))
 
 
 def _best_valid(logits: Tensor, transitions: Tensor, lengths: Tensor) -> Tensor:
