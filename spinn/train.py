@@ -302,12 +302,18 @@ def _non_finite(
     run_dir: Path,
 ) -> SpinnError:
     batch_no = sampler.state_dict()["batches_consumed"]
-    pairs = ", ".join(batch.pair_ids[:4]) + (", ..." if len(batch) > 4 else "")
-    what, value = ("loss", loss) if not torch.isfinite(loss) else ("gradient norm", grad_norm)
+    if torch.isfinite(loss + grad_norm):
+        # DDP averages the gradients over the ranks, not the losses: the fault is another rank's loss.
+        what = "the training loss of another rank is not finite (its own error names its pairs)"
+    else:
+        pairs = ", ".join(batch.pair_ids[:4]) + (", ..." if len(batch) > 4 else "")
+        name, value = ("loss", loss) if not torch.isfinite(loss) else ("gradient norm", grad_norm)
+        what = (
+            f"the training {name} is {value.item()}, expected a finite number (pairs of this batch: {pairs})"
+        )
     return SpinnError(
-        f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {len(sampler)}): the training "
-        f"{what} is {value.item()}, expected a finite number; stopped without saving, so {run_dir} keeps "
-        f"its last good checkpoints (pairs of this batch: {pairs}). Lower optim.lr or set "
+        f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {len(sampler)}): {what}; stopped "
+        f"without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
         f"optim.grad_clip, then --resume {run_dir}"
     )
 
@@ -571,8 +577,9 @@ def train(
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip)
                 # One host sync a step checks both, before the step could spoil the weights: the
-                # checkpoints on disk predate it.
-                if not torch.isfinite(loss + grad_norm):
+                # checkpoints on disk predate it. Every rank stops at the step where any rank's are not
+                # finite (alone, it would leave the others waiting on it in their next all-reduce).
+                if distributed.any_rank(not torch.isfinite(loss + grad_norm), device):
                     raise _non_finite(loss, grad_norm, state, sampler, batch, run_dir)
                 optimizer.step()
                 scheduler.step()

@@ -1,11 +1,14 @@
 """DistributedDataParallel on the CPU (gloo, 2 processes spawned here) against a single process."""
 
+import contextlib
+import io
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.evaluate import classification_report, evaluate
 from spinn.model.classifier import NLIClassifier
+from spinn.train import main as train_main
 from spinn.transitions import balanced, left_branching, right_branching
 
 WORLD = 2
@@ -300,3 +304,70 @@ def test_torchrun_train_resume_then_single_process_evaluate(data_dir, tmp_path):
     assert metrics["pairs"] == 41
     assert metrics["accuracy"] == best["dev"]["accuracy"] == max(r["acc"] for r in dev)
     assert metrics["loss"] == pytest.approx(best["dev"]["loss"], abs=1e-5)
+
+
+def _non_finite_worker(rank: int, port: int, argv: list[str], out_dir: str) -> None:
+    """One rank of a 2-process run in which only rank 1's loss becomes infinite, at step 3."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    real_loss = NLIClassifier.loss
+    calls = []
+
+    def loss(self, out, labels):
+        calls.append(1)
+        value = real_loss(self, out, labels)
+        # Adding inf leaves every gradient finite: DDP's all-reduce does not carry the fault to rank 0.
+        return value + float("inf") if rank == 1 and len(calls) == 3 else value
+
+    NLIClassifier.loss = loss
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = train_main(argv)
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"code": code, "err": err.getvalue()}))
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(data_dir, tmp_path):
+    for name, rows in (("train.jsonl", 64), ("dev.jsonl", 16)):
+        source = "snli_1.0_train_0.01.jsonl" if name == "train.jsonl" else "snli_1.0_dev.jsonl"
+        with open(data_dir / "snli_1.0" / source, encoding="utf-8") as f:
+            (tmp_path / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
+    run = tmp_path / "run"
+    overrides = [
+        f"data.data_dir={tmp_path}",
+        "data.train=train.jsonl",
+        "data.dev=dev.jsonl",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+        "model.d_embed=50",
+        "model.d_hidden=8",
+        "model.d_tracker=4",
+        "model.mlp_dim=8",
+        "train.batch_size=8",
+        "train.eval_every=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.max_steps=6",
+        f"train.out_dir={run}",
+    ]
+    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *(a for o in overrides for a in ("--set", o))]
+    context = mp.spawn(_non_finite_worker, args=(_free_port(), argv, str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank still runs 2 minutes after another met a non-finite loss")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["code"] for r in ranks] == [2, 2], ranks
+    assert "step 3 (epoch 0, batch 3 of 8): the training loss is inf" in ranks[1]["err"], ranks[1]["err"]
+    assert "step 3 (epoch 0, batch 3 of 8): the training loss of another rank" in ranks[0]["err"], ranks[0][
+        "err"
+    ]
+    # Nobody took step 3: the checkpoint on disk is step 2's.
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
