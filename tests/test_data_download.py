@@ -104,9 +104,9 @@ def test_the_table_checksum_applies_by_default(served, tmp_path):
 
 def test_no_known_checksum_warns(served, tmp_path):
     server, folder = served
-    (folder / "glove.6B.zip").write_bytes((folder / "snli_1.0.zip").read_bytes())
-    with pytest.warns(UserWarning, match="no known checksum for glove.6B.zip"):
-        dl.download("glove.6B", tmp_path / "data", base_url=server.url, progress=False)
+    (folder / "glove.42B.300d.zip").write_bytes((folder / "snli_1.0.zip").read_bytes())
+    with pytest.warns(UserWarning, match="no known checksum for glove.42B.300d.zip"):
+        dl.download("glove.42B.300d", tmp_path / "data", base_url=server.url, progress=False)
 
 
 def _zip_with(path, name, data=b"x", symlink=False):

@@ -61,10 +61,14 @@ RESOURCES: dict[str, Resource] = {
     "glove.840B.300d": Resource(
         "https://nlp.stanford.edu/data/glove.840B.300d.zip",
         "md5:2ffafcc9f9ae46fc8c95f32372976137",
-        "InferSent dataset/get_data.bash (single source)",
+        "InferSent dataset/get_data.bash and several other download scripts (agree)",
     ),
     "glove.42B.300d": Resource("https://nlp.stanford.edu/data/glove.42B.300d.zip", None),
-    "glove.6B": Resource("https://nlp.stanford.edu/data/glove.6B.zip", None),
+    "glove.6B": Resource(
+        "https://nlp.stanford.edu/data/glove.6B.zip",
+        "md5:056ea991adb4740ac6bf1b6d9b50408b",
+        "several independent download scripts and dataset registries (agree)",
+    ),
 }
 
 
