@@ -28,6 +28,10 @@ from torch import Tensor
 from spinn.errors import ParseError
 from spinn.transitions import PAD, REDUCE, SHIFT
 
+# Plain ints for the host-side steps: numpy looks its protocols up on an IntEnum's class at every
+# comparison, which costs microseconds each.
+_SHIFT, _REDUCE = int(SHIFT), int(REDUCE)
+
 
 def store_rows(batch_size: int, n_words: int) -> int:
     """Rows of the node store for a batch: zero row, leaves, internal nodes, scratch row."""
@@ -62,8 +66,11 @@ class _StackPointers:
 
     def tracker_ids(self) -> np.ndarray:
         """(B, 3) ids of the buffer top, the stack top and the item below it (0 where absent)."""
-        buffer_top = np.where(self.can_shift(), self.leaf_base + self.buffer, 0)
-        return np.stack((buffer_top, self.ids[self.rows, self.depth + 1], self.ids[self.rows, self.depth]), 1)
+        out = np.empty((len(self.rows), 3), dtype=np.int64)  # filled by column: np.stack costs more
+        out[:, 0] = np.where(self.can_shift(), self.leaf_base + self.buffer, 0)
+        out[:, 1] = self.ids[self.rows, self.depth + 1]
+        out[:, 2] = self.ids[self.rows, self.depth]
+        return out
 
     def advance(self, action: np.ndarray) -> np.ndarray:
         """Apply one transition per sentence (PAD leaves a sentence as it is).
@@ -71,7 +78,7 @@ class _StackPointers:
         Returns:
             (B,) the row id the REDUCE result goes to, or the scratch row where there is no REDUCE.
         """
-        shift, reduce = action == SHIFT, action == REDUCE
+        shift, reduce = action == _SHIFT, action == _REDUCE
         new_node = self.node_base + self.reduced
         moved = shift | reduce
         pos = np.where(shift, self.depth + 2, self.depth)[moved]
@@ -168,14 +175,14 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     level = np.zeros(store_rows(batch, n_words), dtype=np.int64)
     tracker_ids, step_batch, lefts, rights, outs = [], [], [], [], []
     for t, action in enumerate(transitions.numpy().T):
-        bad = ((action == SHIFT) & ~pointers.can_shift()) | ((action == REDUCE) & ~pointers.can_reduce())
+        bad = ((action == _SHIFT) & ~pointers.can_shift()) | ((action == _REDUCE) & ~pointers.can_reduce())
         if bad.any():
             b = int(bad.argmax())
-            what = "SHIFT with an empty buffer" if action[b] == SHIFT else "REDUCE with < 2 stack items"
+            what = "SHIFT with an empty buffer" if action[b] == _SHIFT else "REDUCE with < 2 stack items"
             raise ParseError(f"sentence {b} of the batch, transition {t}: {what}")
         ids = pointers.tracker_ids()
         out = pointers.advance(action)
-        rows = np.flatnonzero(action == REDUCE)
+        rows = np.flatnonzero(action == _REDUCE)
         left, right, out = ids[rows, 2], ids[rows, 1], out[rows]
         level[out] = np.maximum(level[left], level[right]) + 1
         tracker_ids.append(ids)

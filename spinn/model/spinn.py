@@ -28,7 +28,9 @@ How the batched stack is stored
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TypeVar
 
 import numpy as np
@@ -39,6 +41,8 @@ from torch import Tensor, nn
 from spinn.errors import SpinnError
 from spinn.model.fused import _Cells, _node_stores, _split, encode_given
 from spinn.model.schedule import (
+    _REDUCE,
+    _SHIFT,
     Schedule,
     _longest_first,
     _real_words,
@@ -360,11 +364,11 @@ class SPINN(nn.Module):
             logits.append(self.transition_head(state[0]))
             # The step's one host read: the scores, to pick the transitions and the REDUCEs.
             scores = logits[-1].detach().float().cpu().numpy()
-            action = _mask_invalid(scores, pointers.can_shift(), pointers.can_reduce()).argmax(1)
+            action = _best_allowed(scores, pointers.can_shift(), pointers.can_reduce())
             action = np.where(t < last_step, action, int(PAD))
             actions.append(action)
             target = pointers.advance(action)
-            rows = np.flatnonzero(action == REDUCE)
+            rows = np.flatnonzero(action == _REDUCE)
             if len(rows):
                 # The children as [left; right]: the second item, then the stack top.
                 children = store.read(torch.from_numpy(ids[rows][:, [2, 1]].reshape(-1)).to(device))
@@ -420,28 +424,48 @@ class SPINN(nn.Module):
             x_t, z_t, tanh_t, x_r, z_r, c_r, h_r, e_r, tanh_r = (
                 leaves.new_empty(batch, n) for n in (2 * d, 4 * dt, dt, 2 * d, 5 * d, d, d, dt, d)
             )
+            cc_r = leaves.new_empty(batch, 2, d)  # the children's c
+
+            # A step's views of these buffers, made once per row count: slicing in the loop costs
+            # about a microsecond a view, as much as some of the kernels.
+            @functools.cache
+            def tracker_rows(k: int, parity: int) -> SimpleNamespace:
+                h, c = state[parity, :, :k]  # the state before a step; the next step's is parity 1 - parity
+                x, z = x_t[:k], z_t[:k]
+                stack = x.view(2 * k, d)
+                return SimpleNamespace(x=x, stack=stack, z=z, gates=_split(z, 4), h=h, c=c, tanh_c=tanh_t[:k])
+
+            @functools.cache
+            def reduce_rows(m: int) -> SimpleNamespace:
+                x, z, cc = x_r[:m], z_r[:m], cc_r[:m]
+                return SimpleNamespace(
+                    x=x, children_h=x.view(2 * m, d), z=z, gates=_split(z, 5), tracking=e_r[:m],
+                    children_c=cc.view(2 * m, d), c_left=cc[:, 0], c_right=cc[:, 1],
+                    c=c_r[:m], h=h_r[:m], tanh_c=tanh_r[:m],
+                )  # fmt: skip
+
             logits = b_p.expand(n_steps, batch, 2).clone()  # a zero state's scores past the last step
+            step_logits = logits.unbind(0)
             actions = np.full((n_steps, batch), int(PAD))
             pointers = _StackPointers(lengths[order].cpu().numpy(), n_words)
             packed = packed.cpu().numpy()
             for t, k in enumerate(active):
-                (h, c), (h_next, c_next) = state[t % 2, :, :k], state[1 - t % 2, :, :k]
+                tr, new = tracker_rows(k, t % 2), tracker_rows(k, 1 - t % 2)
                 ids = pointers.tracker_ids()[:k]  # buffer top, stack top, second
                 # One host-to-device copy per step for the indices: the buffer tops' rows of
                 # buffer_gates, then the stack tops' ids.
                 reads = np.concatenate((packed[ids[:, 0]], ids[:, 1:].reshape(-1)))
-                reads = torch.from_numpy(reads).to(device)
-                xs, z = x_t[:k], z_t[:k]
-                torch.index_select(buffer_gates, 0, reads[:k], out=z)
-                torch.index_select(h_store, 0, reads[k:], out=xs.view(2 * k, d))
-                z.addmm_(xs, cells.tracker_stack).addmm_(h, cells.tracker_hidden)
-                cells.tracker(z, _split(z, 4), c, c_next, h_next, tanh_t[:k])
-                scores = torch.addmm(b_p, h_next, w_p.t(), out=logits[t, :k])
+                buffer_top, stack = torch.from_numpy(reads).to(device).split((k, 2 * k))
+                torch.index_select(buffer_gates, 0, buffer_top, out=tr.z)
+                torch.index_select(h_store, 0, stack, out=tr.stack)
+                tr.z.addmm_(tr.x, cells.tracker_stack).addmm_(tr.h, cells.tracker_hidden)
+                cells.tracker(tr.z, tr.gates, tr.c, new.c, new.h, tr.tanh_c)
+                scores = torch.addmm(b_p, new.h, w_p.t(), out=step_logits[t][:k])
                 # The step's one host read: the scores, to pick the transitions and the REDUCEs.
                 can = (pointers.can_shift()[:k], pointers.can_reduce()[:k])
-                action = actions[t, :k] = _mask_invalid(scores.float().cpu().numpy(), *can).argmax(1)
+                action = actions[t, :k] = _best_allowed(scores.float().cpu().numpy(), *can)
                 target = pointers.advance(actions[t])
-                reducing = np.flatnonzero(action == REDUCE)
+                reducing = np.flatnonzero(action == _REDUCE)
                 m = len(reducing)
                 if not m:
                     continue
@@ -449,14 +473,14 @@ class SPINN(nn.Module):
                 # rows and the rows their results go to.
                 rows = np.concatenate((ids[reducing][:, [2, 1]].reshape(-1), reducing, target[reducing]))
                 children, reducing, out = torch.from_numpy(rows).to(device).split((2 * m, m, m))
-                xs, z = x_r[:m], z_r[:m]
-                torch.index_select(h_store, 0, children, out=xs.view(2 * m, d))
-                torch.addmm(cells.reduce_bias, xs, cells.reduce_children, out=z)
-                z.addmm_(torch.index_select(h_next, 0, reducing, out=e_r[:m]), cells.reduce_tracker)
-                cc = c_store.index_select(0, children).view(m, 2, d)
-                cells.reduce(z, _split(z, 5), cc[:, 0], cc[:, 1], c_r[:m], h_r[:m], tanh_r[:m])
-                c_store.index_copy_(0, out, c_r[:m])
-                h_store.index_copy_(0, out, h_r[:m])
+                r = reduce_rows(m)
+                torch.index_select(h_store, 0, children, out=r.children_h)
+                torch.addmm(cells.reduce_bias, r.x, cells.reduce_children, out=r.z)
+                r.z.addmm_(torch.index_select(new.h, 0, reducing, out=r.tracking), cells.reduce_tracker)
+                torch.index_select(c_store, 0, children, out=r.children_c)
+                cells.reduce(r.z, r.gates, r.c_left, r.c_right, r.c, r.h, r.tanh_c)
+                c_store.index_copy_(0, out, r.c)
+                h_store.index_copy_(0, out, r.h)
             h = h_store.index_select(0, torch.from_numpy(pointers.root()).to(device).index_select(0, rank))
         actions = torch.from_numpy(actions).to(device)
         return logits.transpose(0, 1).index_select(0, rank), actions.t().index_select(0, rank), h
@@ -472,11 +496,12 @@ def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
     return (losses * real).sum() / real.sum()
 
 
-def _mask_invalid(logits: Array, can_shift: Array, can_reduce: Array) -> Array:
-    """Set the score of SHIFT with an empty buffer and of REDUCE with < 2 stack items to -inf, on
-    tensors or on numpy arrays (the host-side steps of a full SPINN following its predictions)."""
+def _best_allowed(logits: Array, can_shift: Array, can_reduce: Array) -> Array:
+    """From (..., 2) SHIFT/REDUCE logits, the higher-scoring transition among those allowed (SHIFT
+    needs a word in the buffer, REDUCE two items on the stack; a tie goes to SHIFT). On tensors or on
+    numpy arrays (the host-side steps of a full SPINN following its predictions)."""
     xp = np if isinstance(logits, np.ndarray) else torch
-    return xp.where(xp.stack((can_shift, can_reduce), -1), logits, float("-inf"))
+    return xp.where(can_reduce & (~can_shift | (logits[..., 1] > logits[..., 0])), _REDUCE, _SHIFT)
 
 
 def _best_valid(logits: Tensor, transitions: Tensor, lengths: Tensor) -> Tensor:
@@ -486,5 +511,5 @@ def _best_valid(logits: Tensor, transitions: Tensor, lengths: Tensor) -> Tensor:
     depth_before = F.pad(
         ((transitions == SHIFT).long() - (transitions == REDUCE).long()).cumsum(1)[:, :-1], (1, 0)
     )
-    masked = _mask_invalid(logits, shifts_before < lengths[:, None], depth_before >= 2)
-    return torch.where(real, masked.argmax(-1), PAD)
+    best = _best_allowed(logits, shifts_before < lengths[:, None], depth_before >= 2)
+    return torch.where(real, best, PAD)
