@@ -455,7 +455,7 @@ class SPINN(nn.Module):
                 # One host-to-device copy per step for the indices: the buffer tops' rows of
                 # buffer_gates, then the stack tops' ids.
                 reads = np.concatenate((packed[ids[:, 0]], ids[:, 1:].reshape(-1)))
-                buffer_top, stack = torch.from_numpy(reads).to(device).split((k, 2 * k))
+                buffer_top, stack = torch.from_numpy(reads).to(device).split_with_sizes((k, 2 * k))
                 torch.index_select(buffer_gates, 0, buffer_top, out=tr.z)
                 torch.index_select(h_store, 0, stack, out=tr.stack)
                 tr.z.addmm_(tr.x, cells.tracker_stack).addmm_(tr.h, cells.tracker_hidden)
@@ -472,7 +472,7 @@ class SPINN(nn.Module):
                 # The children as [left; right] (the second item, then the stack top), the REDUCEs'
                 # rows and the rows their results go to.
                 rows = np.concatenate((ids[reducing][:, [2, 1]].reshape(-1), reducing, target[reducing]))
-                children, reducing, out = torch.from_numpy(rows).to(device).split((2 * m, m, m))
+                children, reducing, out = torch.from_numpy(rows).to(device).split_with_sizes((2 * m, m, m))
                 r = reduce_rows(m)
                 torch.index_select(h_store, 0, children, out=r.children_h)
                 torch.addmm(cells.reduce_bias, r.x, cells.reduce_children, out=r.z)
