@@ -1,6 +1,7 @@
-"""Small SNLI-style rows and files for the reader tests."""
+"""Small SNLI-style rows and files for the reader tests, and samples of the real SNLI files."""
 
 import json
+from pathlib import Path
 
 P1 = "( ( A dog ) runs )"
 P2 = "( The ( dog moves ) )"
@@ -23,3 +24,18 @@ def write_jsonl(path, rows):
     )
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return path
+
+
+def first_rows(data_dir: Path, folder: Path, train: int, dev: int) -> list[str]:
+    """Write the first rows of the real SNLI train sample and dev set into folder; return the config
+    overrides that train on them with the real GloVe rows."""
+    for name, rows in (("snli_1.0_train_0.01.jsonl", train), ("snli_1.0_dev.jsonl", dev)):
+        with open(data_dir / "snli_1.0" / name, encoding="utf-8") as f:
+            (folder / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
+    return [
+        f"data.data_dir={folder}",
+        "data.train=snli_1.0_train_0.01.jsonl",
+        "data.dev=snli_1.0_dev.jsonl",
+        f"data.cache_dir={folder / 'cache'}",
+        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+    ]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from nli_rows import first_rows
 
 from spinn import distributed
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
@@ -87,8 +88,8 @@ def _step(model: torch.nn.Module, loss_of: NLIClassifier, optimizer, batch) -> N
     optimizer.step()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    """One rank: STEPS steps of DDP training, then a sharded evaluation; results to out_dir."""
+def _as_torchrun_rank(rank: int, port: int) -> None:
+    """Give this spawned process the environment torchrun gives rank `rank`, and one thread."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -97,6 +98,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank: STEPS steps of DDP training, then a sharded evaluation; results to out_dir."""
+    _as_torchrun_rank(rank, port)
     device = distributed.setup(torch.device("cpu"))
     try:
         train, dev, vocab_size = _data()
@@ -231,17 +237,10 @@ def _clean_env() -> dict[str, str]:
 def test_torchrun_train_resume_then_single_process_evaluate(data_dir, tmp_path):
     """torchrun with 2 CPU processes: 3 steps then resume to 5 equals 5 steps at once (dropout and
     batch norm on); then scripts/evaluate.py on the checkpoint in one process."""
-    for name, rows in (("snli_1.0_train_0.01.jsonl", 96), ("snli_1.0_dev.jsonl", 41)):
-        with open(data_dir / "snli_1.0" / name, encoding="utf-8") as f:
-            (tmp_path / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
     run = tmp_path / "run"
     overrides = [
-        f"data.data_dir={tmp_path}",
-        "data.train=snli_1.0_train_0.01.jsonl",
-        "data.dev=snli_1.0_dev.jsonl",
+        *first_rows(data_dir, tmp_path, train=96, dev=41),
         "data.test=snli_1.0_dev.jsonl",  # a test split too: its evaluation is sharded over the ranks
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
         "model.d_hidden=16",
         "model.d_tracker=8",
         "model.mlp_dim=16",
@@ -308,14 +307,7 @@ def test_torchrun_train_resume_then_single_process_evaluate(data_dir, tmp_path):
 
 def _non_finite_worker(rank: int, port: int, argv: list[str], out_dir: str) -> None:
     """One rank of a 2-process run in which only rank 1's loss becomes infinite, at step 3."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    _as_torchrun_rank(rank, port)
     real_loss = NLIClassifier.loss
     calls = []
 
@@ -333,17 +325,9 @@ def _non_finite_worker(rank: int, port: int, argv: list[str], out_dir: str) -> N
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(data_dir, tmp_path):
-    for name, rows in (("train.jsonl", 64), ("dev.jsonl", 16)):
-        source = "snli_1.0_train_0.01.jsonl" if name == "train.jsonl" else "snli_1.0_dev.jsonl"
-        with open(data_dir / "snli_1.0" / source, encoding="utf-8") as f:
-            (tmp_path / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
     run = tmp_path / "run"
     overrides = [
-        f"data.data_dir={tmp_path}",
-        "data.train=train.jsonl",
-        "data.dev=dev.jsonl",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+        *first_rows(data_dir, tmp_path, train=64, dev=16),
         "model.d_embed=50",
         "model.d_hidden=8",
         "model.d_tracker=4",

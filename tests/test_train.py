@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nli_rows import first_rows
 
 from spinn.train import main as train_main
 from spinn.train import plot_learning_curve
@@ -27,17 +28,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_data(data_dir, tmp_path_factory):
     """The first rows of the real SNLI train sample and dev set, and the real GloVe file."""
-    root = tmp_path_factory.mktemp("data")
-    for name, rows in (("snli_1.0_train_0.01.jsonl", 96), ("snli_1.0_dev.jsonl", 80)):
-        with open(data_dir / "snli_1.0" / name, encoding="utf-8") as f:
-            (root / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
-    return [
-        f"data.data_dir={root}",
-        "data.train=snli_1.0_train_0.01.jsonl",
-        "data.dev=snli_1.0_dev.jsonl",
-        f"data.cache_dir={root / 'cache'}",
-        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
-    ]
+    return first_rows(data_dir, tmp_path_factory.mktemp("data"), train=96, dev=80)
 
 
 def _log(run_dir: Path, split: str) -> list[dict]:
