@@ -257,8 +257,8 @@ def default_batches(batch_size: int, quick: bool) -> int:
     return 4 if batch_size <= 32 else 2
 
 
-def throughput(dataset, vocab_size, args, setup: Setup) -> list[dict]:
-    rows = []
+def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: Callable[[], None]) -> None:
+    """Measure each variant, d_hidden and batch size; append a row to `rows` and `save` after each."""
     for d in args.d_hidden:
         for variant in args.variants:
             model = make_model(vocab_size, d, variant).to(setup.device)
@@ -311,8 +311,8 @@ def throughput(dataset, vocab_size, args, setup: Setup) -> list[dict]:
                         f"{mode}_ref_of_ceiling": theirs / ceil,
                     }
                 rows.append(row)
+                save()
                 print(format_row(row), flush=True)
-    return rows
 
 
 def synthetic_batch(n_words: int, batch_size: int, vocab_size: int, seed: int) -> NLIBatch:
@@ -340,10 +340,9 @@ def synthetic_batch(n_words: int, batch_size: int, vocab_size: int, seed: int) -
     return batch
 
 
-def per_token(vocab_size, args, setup: Setup) -> list[dict]:
+def per_token(vocab_size, args, setup: Setup, rows: list[dict], save: Callable[[], None]) -> None:
     d = 300
     model = make_model(vocab_size, d, "spinn_pi").to(setup.device)
-    rows = []
     for n in (10, 20, 40, 80):
         batch = synthetic_batch(n, args.token_batch, vocab_size, seed=n).to(setup.device)
         train, evaluate = step_fns(model, [batch], setup)
@@ -356,12 +355,12 @@ def per_token(vocab_size, args, setup: Setup) -> list[dict]:
                 "eval_us_per_token": 1e6 * secs["eval"] / tokens,
             }
         )
+        save()
         print(
             f"  {n:3d} words: train {rows[-1]['train_us_per_token']:.1f} us/token, "
             f"eval {rows[-1]['eval_us_per_token']:.1f} us/token",
             flush=True,
         )
-    return rows
 
 
 def format_row(r: dict) -> str:
@@ -426,24 +425,29 @@ def main() -> None:
         f"torch {torch.__version__}, {args.device}, {args.threads} thread(s), "
         f"load average {load_before[0]:.1f}"
     )
-    dataset, vocab_size = load_pairs(args.data)
-    print("pairs/s (median of", setup.reps, "repetitions after a warm-up);", "% of the arithmetic ceiling")
-    print(HEADER)
-    rows = throughput(dataset, vocab_size, args, setup)
-    print("time per token, SPINN-PI, d_hidden 300, batch", args.token_batch)
-    tokens = per_token(vocab_size, args, setup)
-    load_after = os.getloadavg()
-    print(f"load average: {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end")
     result = {
         "torch": torch.__version__,
         "device": args.device,
         "amp": args.amp,
         "threads": args.threads,
-        "load_average": {"start": load_before, "end": load_after},
-        "throughput": rows,
-        "per_token": tokens,
+        "load_average": {"start": load_before, "end": None},
+        "throughput": [],
+        "per_token": [],
     }
-    args.json.write_text(json.dumps(result, indent=1))
+
+    def save() -> None:
+        # After every row: a run cut short (a time limit on a borrowed GPU) keeps what it measured.
+        args.json.write_text(json.dumps(result, indent=1))
+
+    dataset, vocab_size = load_pairs(args.data)
+    print("pairs/s (median of", setup.reps, "repetitions after a warm-up);", "% of the arithmetic ceiling")
+    print(HEADER)
+    throughput(dataset, vocab_size, args, setup, result["throughput"], save)
+    print("time per token, SPINN-PI, d_hidden 300, batch", args.token_batch)
+    per_token(vocab_size, args, setup, result["per_token"], save)
+    result["load_average"]["end"] = load_after = os.getloadavg()
+    save()
+    print(f"load average: {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end")
     print(f"saved {args.json}")
 
 
