@@ -156,6 +156,9 @@ class TrainConfig:
     tensorboard: bool = True
     #: Show tqdm progress bars.
     progress: bool = True
+    #: Background processes that pad the next training batches and work out their encoder schedules
+    #: while the model trains (`spinn.data.batching.nli_batches`); 0: in the training process.
+    loader_workers: int = 0
 
 
 @dataclass
@@ -292,7 +295,12 @@ def validate(cfg: Config) -> None:
     for key, value in {**positive, **optional_positive}.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key}: expected a value > 0, found {value}")
-    for key, value in {"optim.l2": o.l2, "model.transition_loss_weight": m.transition_loss_weight}.items():
+    non_negative = {
+        "optim.l2": o.l2,
+        "model.transition_loss_weight": m.transition_loss_weight,
+        "train.loader_workers": t.loader_workers,
+    }
+    for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: expected a value >= 0, found {value}")
     if not 0 <= m.dropout < 1:

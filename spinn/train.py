@@ -56,7 +56,7 @@ from spinn.config import (
     save_config,
     validate,
 )
-from spinn.data.batching import BucketBatchSampler, NLIBatch, NLIDataset, collate_nli
+from spinn.data.batching import BucketBatchSampler, NLIBatch, NLIDataset, collate_nli, nli_batches
 from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
@@ -297,11 +297,11 @@ def _non_finite(
     loss: torch.Tensor,
     grad_norm: torch.Tensor,
     state: TrainState,
-    sampler: BucketBatchSampler,
+    position: tuple[int, int],
     batch: NLIBatch,
     run_dir: Path,
 ) -> SpinnError:
-    batch_no = sampler.state_dict()["batches_consumed"]
+    batch_no, n_batches = position
     if torch.isfinite(loss + grad_norm):
         # DDP averages the gradients over the ranks, not the losses: the fault is another rank's loss.
         what = "the training loss of another rank is not finite (its own error names its pairs)"
@@ -312,7 +312,7 @@ def _non_finite(
             f"the training {name} is {value.item()}, expected a finite number (pairs of this batch: {pairs})"
         )
     return SpinnError(
-        f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {len(sampler)}): {what}; stopped "
+        f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {n_batches}): {what}; stopped "
         f"without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
         f"optim.grad_clip, then --resume {run_dir}"
     )
@@ -375,12 +375,13 @@ def checkpoint_state(
     dev: dict[str, Any] | None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
-    sampler: BucketBatchSampler | None = None,
+    sampler: dict[str, Any] | None = None,
     rng_ranks: list[dict[str, Any]] | None = None,
     averaged: AveragedModel | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given.
 
+    `sampler`: the training sampler's `state_dict` at the batches the loop has consumed.
     `rng_ranks`: every rank's `rng_state` in a distributed run (ckpt["rng"] is rank 0's).
     `averaged`: the moving average of the weights, saved as "model" (what evaluation and prediction
     load); a training checkpoint then keeps the optimiser's weights as "online_model".
@@ -399,7 +400,7 @@ def checkpoint_state(
         ckpt.update(
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
-            sampler=sampler.state_dict(),
+            sampler=sampler,
             rng=rng_state(),
         )
         if rng_ranks is not None and len(rng_ranks) > 1:
@@ -537,7 +538,7 @@ def train(
                     dev=None,
                     optimizer=optimizer,
                     scheduler=scheduler,
-                    sampler=sampler,
+                    sampler=sampler.state_dict(batches_consumed=consumed),
                     rng_ranks=rng_ranks,
                     averaged=averaged,
                 ),
@@ -545,7 +546,7 @@ def train(
             )
 
     def epoch_position() -> float:
-        position = sampler.state_dict()
+        position = sampler.state_dict(batches_consumed=consumed)
         return position["epoch"] + position["batches_consumed"] / max(steps_per_epoch, 1)
 
     # Sums over the steps since the last log line; tensors so that a GPU is not synced every step.
@@ -562,14 +563,20 @@ def train(
         reason = "max_steps"
     elif t.epochs is not None and state.epoch >= t.epochs:
         reason = "epochs"
+    # The batches of the epoch taken so far: the sampler's own count runs ahead of it by what the
+    # loader's workers have prefetched.
+    consumed = sampler.start
+    batches = nli_batches(data.train.dataset, sampler, workers=t.loader_workers)
     if state.step == 0:
         save_last()  # a run killed before its first evaluation can be resumed too
     model.train()
     with stop_on_signals() as stop:
         while reason is None:
             sampler.set_epoch(state.epoch)
-            for indices in sampler:
-                batch = collate_nli([data.train.dataset[i] for i in indices], schedule=True).to(device)
+            consumed = sampler.start
+            for batch in batches:
+                consumed += 1
+                batch = batch.to(device)
                 with autocast:
                     out = forward(batch)  # logits (B, 3)
                     loss = model.loss(out, batch.labels)
@@ -580,7 +587,7 @@ def train(
                 # checkpoints on disk predate it. Every rank stops at the step where any rank's are not
                 # finite (alone, it would leave the others waiting on it in their next all-reduce).
                 if distributed.any_rank(not torch.isfinite(loss + grad_norm), device):
-                    raise _non_finite(loss, grad_norm, state, sampler, batch, run_dir)
+                    raise _non_finite(loss, grad_norm, state, (consumed, steps_per_epoch), batch, run_dir)
                 optimizer.step()
                 scheduler.step()
                 if averaged is not None:

@@ -1,10 +1,11 @@
 import itertools
+import random
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
+from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli, pad_sentences
 from spinn.data.cache import NLITable
 from spinn.data.snli import NLIExample
 from spinn.data.vocab import Vocab
@@ -166,3 +167,21 @@ def test_bad_sampler_arguments():
     with pytest.raises(SpinnError, match="rank must be in"):
         BucketBatchSampler(LENGTHS, 4, num_replicas=2, rank=2)
     assert list(BucketBatchSampler([], 4)) == [] and len(BucketBatchSampler([], 4)) == 0
+
+
+def test_pad_sentences_matches_row_by_row_padding_and_names_bad_input():
+    rng = random.Random(3)
+    ids = [[rng.randrange(1, 50) for _ in range(rng.randint(1, 9))] for _ in range(40)]
+    # Transitions as the data gives them (2 n - 1), and some shorter: padding fills the rest either way.
+    trans = [[rng.choice((SHIFT, REDUCE)) for _ in range(rng.choice((2 * len(w) - 1, len(w))))] for w in ids]
+    s = pad_sentences(ids, trans, pad_id=0)
+    n = max(map(len, ids))
+    assert s.tokens.shape == (40, n) and s.transitions.shape == (40, 2 * n - 1)
+    for i, (w, t) in enumerate(zip(ids, trans, strict=True)):
+        assert s.tokens[i].tolist() == w + [0] * (n - len(w))
+        assert s.transitions[i].tolist() == [int(x) for x in t] + [int(PAD)] * (2 * n - 1 - len(t))
+    assert s.lengths.tolist() == [len(w) for w in ids]
+    with pytest.raises(SpinnError, match="2 sentences but 1 transition sequences"):
+        pad_sentences([[1], [2]], [[SHIFT]])
+    with pytest.raises(SpinnError, match="sentence 1 has 5 transitions; the batch's 2 words allow at most 3"):
+        pad_sentences([[1, 2], [3]], [[SHIFT, SHIFT, REDUCE], [SHIFT] * 5])

@@ -310,15 +310,18 @@ def _wait_for_step(run, above, proc, timeout=120):
     return None
 
 
-def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data, tmp_path):
-    """SIGTERM, Ctrl-C and SIGKILL at random moments of a real run; each time --resume continues, and
-    the run ends with exactly the weights of an uninterrupted one."""
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data, tmp_path, loader_workers):
+    """SIGTERM, Ctrl-C and SIGKILL at random moments of a real run, sent to its whole process group as a
+    terminal or a job scheduler does (loader workers included); each time --resume continues, and the
+    run ends with exactly the weights of an uninterrupted one."""
     common = sets(
         "train.max_steps=16",
         "train.epochs=null",
         "train.patience=null",
         "train.eval_every=3",
         "model.dropout=0.3",
+        f"train.loader_workers={loader_workers}",
     )
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert train_main([*tiny_data, *common, *sets(f"train.out_dir={whole}")]) == 0
@@ -329,11 +332,17 @@ def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data,
     step = 0
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL, signal.SIGKILL):
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         seen = _wait_for_step(part, step, proc)
         time.sleep(rng.uniform(0, 0.03))
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=120)
         if proc.returncode == 0:
             break  # it finished before the signal

@@ -112,6 +112,28 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_loader_workers_train_the_same_weights_and_resume_exactly(tiny_data, tmp_path):
+    """Batches prepared by a background process: the weights of batches prepared in the training
+    process; and stopped after 8 steps, with the worker already ahead, a resume still continues at
+    the right batch."""
+    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common += ["--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "model.dropout=0.3"]
+    inline, workers, part = tmp_path / "inline", tmp_path / "workers", tmp_path / "part"
+    assert train_main([*common, "--set", f"train.out_dir={inline}", "--max-steps", "15"]) == 0
+    common += ["--set", "train.loader_workers=1"]
+    assert train_main([*common, "--set", f"train.out_dir={workers}", "--max-steps", "15"]) == 0
+    assert train_main([*common, "--set", f"train.out_dir={part}", "--max-steps", "8"]) == 0
+    stopped = torch.load(part / "last.pt", weights_only=True)["sampler"]
+    assert (stopped["epoch"], stopped["batches_consumed"]) == (1, 2)  # 6 batches an epoch
+    assert train_main(["--resume", str(part), "--max-steps", "15", "--set", "train.progress=false"]) == 0
+
+    losses = [r["loss"] for r in _log(inline, "train")]
+    assert len(losses) == 15
+    assert [r["loss"] for r in _log(workers, "train")] == [r["loss"] for r in _log(part, "train")] == losses
+    a, b, c = (torch.load(d / "last.pt", weights_only=True)["model"] for d in (inline, workers, part))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
+
+
 def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
     """optim.ema_decay: checkpoints hold the average as "model", the optimiser's weights beside it."""
     common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
