@@ -15,7 +15,8 @@ How the batched stack is stored
   with a Tracker the loop runs over the 2N - 1 steps, each on the sentences not yet finished.
 * **Predicted transitions** (full SPINN at evaluation): the ids advance step by step on the host
   (`_StackPointers`, numpy), which reads each step's transition scores back once to pick the
-  transitions and the REDUCEs, and sends the step's indices to the device in one copy.
+  transitions and the REDUCEs, and sends each step's indices back in two copies (the Tracker's
+  reads, then the REDUCEs').
   When no gradient is needed (``torch.no_grad``, or nothing requires one) the loop runs outside
   autograd with the kernels of `spinn.model.fused`: h and c stores written in place, the buffer
   top's share of the Tracker's gates computed for all leaves before the loop, the Tracker only on
@@ -472,11 +473,11 @@ class SPINN(nn.Module):
                 # The children as [left; right] (the second item, then the stack top), the REDUCEs'
                 # rows and the rows their results go to.
                 rows = np.concatenate((ids[reducing][:, [2, 1]].reshape(-1), reducing, target[reducing]))
-                children, reducing, out = torch.from_numpy(rows).to(device).split_with_sizes((2 * m, m, m))
+                children, reducers, out = torch.from_numpy(rows).to(device).split_with_sizes((2 * m, m, m))
                 r = reduce_rows(m)
                 torch.index_select(h_store, 0, children, out=r.children_h)
                 torch.addmm(cells.reduce_bias, r.x, cells.reduce_children, out=r.z)
-                r.z.addmm_(torch.index_select(new.h, 0, reducing, out=r.tracking), cells.reduce_tracker)
+                r.z.addmm_(torch.index_select(new.h, 0, reducers, out=r.tracking), cells.reduce_tracker)
                 torch.index_select(c_store, 0, children, out=r.children_c)
                 cells.reduce(r.z, r.gates, r.c_left, r.c_right, r.c, r.h, r.tanh_c)
                 c_store.index_copy_(0, out, r.c)
