@@ -113,6 +113,8 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule: lr * lr_decay ** (step / lr_decay_steps)."""
 
+    #: adam and sgd update with torch's fused kernels where it has them for the device (CUDA; the CPU
+    #: from torch 2.4).
     name: Optimizer = "rmsprop"
     lr: float = 1e-3
     #: L2 penalty lambda * sum(theta^2) on trainable weights (applied as weight decay 2 * lambda).

@@ -10,8 +10,10 @@ import pytest
 import torch
 from nli_rows import first_rows
 
+from spinn.config import Config
+from spinn.model import NLIClassifier
 from spinn.train import main as train_main
-from spinn.train import plot_learning_curve
+from spinn.train import plot_learning_curve, setup_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -185,3 +187,26 @@ def test_learning_curve_png_where_matplotlib_is_installed(tmp_path):
     else:
         assert plot_learning_curve(log, tmp_path / "curve.png")
         assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adam_and_sgd_update_with_fused_kernels_where_torch_has_them(monkeypatch):
+    cfg = Config()
+    model = NLIClassifier(20, d_embed=8, d_hidden=8, d_tracker=4, mlp_dim=8)
+    for name in ("adam", "sgd"):
+        cfg.optim.name = name
+        assert setup_optimizer(cfg, model).defaults["fused"] is True, name
+    cfg.optim.name = "rmsprop"
+    assert isinstance(setup_optimizer(cfg, model), torch.optim.RMSprop)
+
+    # A torch without the kernels for this device (before 2.4 on the CPU) gets the plain update.
+    real_adam = torch.optim.Adam
+
+    def adam_without_fused_kernels(*args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return real_adam(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam_without_fused_kernels)
+    cfg.optim.name = "adam"
+    optimizer = setup_optimizer(cfg, model)
+    assert isinstance(optimizer, real_adam) and not optimizer.defaults["fused"]
