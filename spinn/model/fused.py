@@ -67,11 +67,17 @@ def encode_given(
         None if w is None else w.to(dtype) for w in (reduce_weight, reduce_bias, tracker_weight, tracker_bias)
     ]
     with torch.autocast(leaves.device.type, enabled=False):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (leaves, *weights)):
+        if _needs_grad(leaves, *weights):
             root_h, tracker_h = _Encode.apply(leaves, *weights, schedule)
         else:
             root_h, tracker_h, _ = _forward(leaves, *weights, schedule, keep=False)
     return root_h, (tracker_h if tracker_weight is not None else None)
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an op on any of the tensors: where it does not (evaluation), the step
+    loops run outside autograd."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _split(x: Tensor, n: int) -> tuple[Tensor, ...]:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.fused import _Cells, _node_stores, _split, encode_given
+from spinn.model.fused import _Cells, _needs_grad, _node_stores, _split, encode_given
 from spinn.model.schedule import (
     _REDUCE,
     _SHIFT,
@@ -106,11 +106,6 @@ class _NodeStore:
         if _needs_grad(self.token):
             return _Read.apply(self.token, rows, self.rows)
         return self.rows.data.index_select(0, rows)
-
-
-def _needs_grad(x: Tensor) -> bool:
-    """Whether autograd records an op on x: without it (evaluation) the store skips the Functions."""
-    return torch.is_grad_enabled() and x.requires_grad
 
 
 class _Write(torch.autograd.Function):
@@ -335,7 +330,7 @@ class SPINN(nn.Module):
     def _follow_predictions(self, words: Tensor, transitions: Tensor | None, lengths: Tensor) -> SPINNOutput:
         """Full SPINN at evaluation: the best valid predicted transition drives each step."""
         # As in `encode_given`: outside autograd when nothing needs a gradient.
-        if torch.is_grad_enabled() and any(p.requires_grad for p in (words, *self.parameters())):
+        if _needs_grad(words, *self.parameters()):
             logits, actions, h = self._follow_predictions_autograd(words, lengths)
         else:
             logits, actions, h = self._follow_predictions_no_grad(words, lengths)
@@ -453,7 +448,7 @@ class SPINN(nn.Module):
             for t, k in enumerate(active):
                 tr, new = tracker_rows(k, t % 2), tracker_rows(k, 1 - t % 2)
                 ids = pointers.tracker_ids()[:k]  # buffer top, stack top, second
-                # One host-to-device copy per step for the indices: the buffer tops' rows of
+                # The Tracker's indices in one host-to-device copy: the buffer tops' rows of
                 # buffer_gates, then the stack tops' ids.
                 reads = np.concatenate((packed[ids[:, 0]], ids[:, 1:].reshape(-1)))
                 buffer_top, stack = torch.from_numpy(reads).to(device).split_with_sizes((k, 2 * k))
