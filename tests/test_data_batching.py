@@ -185,3 +185,7 @@ def test_pad_sentences_matches_row_by_row_padding_and_names_bad_input():
         pad_sentences([[1], [2]], [[SHIFT]])
     with pytest.raises(SpinnError, match="sentence 1 has 5 transitions; the batch's 2 words allow at most 3"):
         pad_sentences([[1, 2], [3]], [[SHIFT, SHIFT, REDUCE], [SHIFT] * 5])
+    with pytest.raises(SpinnError, match="no sentences to pad"):
+        pad_sentences([], [])
+    with pytest.raises(SpinnError, match="sentence 1 has no words, expected at least 1"):
+        pad_sentences([[1], []], [[SHIFT], []])

@@ -51,14 +51,19 @@ def pad_sentences(
     """Pad per-sentence word ids and transitions into a `Sentences` batch.
 
     Raises:
-        SpinnError: a sentence with more transitions than the batch's widest, 2 N - 1, has room for.
+        SpinnError: no sentences, a sentence without words, or one with more transitions than the
+            batch's widest, 2 N - 1, has room for.
     """
     if len(token_ids) != len(transitions):
         raise SpinnError(f"{len(token_ids)} sentences but {len(transitions)} transition sequences")
+    if not token_ids:
+        raise SpinnError("no sentences to pad: a batch needs at least one")
     # numpy fills both tables with one boolean-mask write each, row after row: a tensor write per
     # sentence would cost about 16 us a sentence, most of a batch's preparation.
     lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
     steps = np.array([len(ts) for ts in transitions], dtype=np.int64)
+    if not lengths.all():
+        raise SpinnError(f"sentence {int(lengths.argmin())} has no words, expected at least 1")
     n = int(lengths.max())
     if steps.max() > 2 * n - 1:
         i = int(steps.argmax())
