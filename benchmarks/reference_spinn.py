@@ -149,7 +149,10 @@ class ReferenceClassifier(nn.Module):
         self.embed.weight.requires_grad_(model.embed.weight.requires_grad)
         self.embed_dropout = nn.Dropout(model.embed_dropout.p)
         self.encoder = ReferenceSPINN(enc.d_input, enc.d_hidden, d_tracker, enc.transition_head is not None)
-        self.mlp = copy.deepcopy(model.mlp)
+        # torch's own dropout, as in the example (ours draws its CPU masks more cheaply).
+        self.mlp = nn.Sequential(
+            *(nn.Dropout(m.p) if isinstance(m, nn.Dropout) else copy.deepcopy(m) for m in model.mlp)
+        )
 
     def forward(self, batch: NLIBatch) -> tuple[Tensor, Tensor | None]:
         """-> logits (B, 3), and the full SPINN's weighted transition loss (given parses) or None."""

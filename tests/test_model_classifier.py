@@ -14,6 +14,7 @@ from spinn.data.batching import NLIBatch
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.model import VARIANTS, NLIClassifier
+from spinn.model.classifier import Dropout
 from spinn.transitions import parse_to_transitions
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -136,3 +137,31 @@ def test_bad_arguments_are_reported():
         NLIClassifier(10, variant="spin")
     with pytest.raises(SpinnError, match=r"expected \(10, 300\)"):
         NLIClassifier(10, embeddings=torch.zeros(10, 50))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_zeroes_a_fraction_p_and_scales_the_rest(p):
+    x = torch.rand(200, 500, dtype=torch.float32) + 0.5  # no zeros of its own
+    x.requires_grad_()
+    drop = Dropout(p)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005  # 100k draws: 5 standard deviations
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)  # the mask follows torch's seed
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_dropout_at_the_edges_and_elsewhere_is_torchs():
+    x = torch.randn(50, 40)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))  # no 1 / (1 - p) = inf
+    assert torch.equal(Dropout(0.0)(x), x)
+    half = x.double()
+    torch.manual_seed(1)
+    expected = torch.nn.functional.dropout(half, 0.3, training=True)
+    torch.manual_seed(1)
+    assert torch.equal(Dropout(0.3)(half), expected)

@@ -329,6 +329,63 @@ def test_mismatched_shapes_are_reported():
         SPINN(7, 5, None, predict_transitions=True)
 
 
+@pytest.mark.parametrize(
+    "variant, follow_predictions, grad",
+    [
+        ("spinn_pi_nt", False, True),
+        ("spinn_pi", False, True),
+        ("spinn_pi", False, False),
+        ("spinn", False, True),
+        ("spinn", True, True),
+        ("spinn", True, False),
+    ],
+)
+def test_packed_real_words_give_what_padded_words_give(variant, follow_predictions, grad):
+    words, transitions, lengths, _ = random_batch([9, 2, 17, 1, 9, 12], 7, seed=6)
+    real = torch.arange(words.shape[1]) < lengths[:, None]
+    packed = words[real].clone()  # sentence after sentence
+    model = make_model(variant)
+
+    def run(w: Tensor) -> dict[str, Tensor | None]:
+        w = w.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            out = model(w, transitions, lengths, use_given_transitions=not follow_predictions)
+        got = {"h": out.h, "logits": out.transition_logits, "predicted": out.predicted_transitions}
+        if grad:
+            model.zero_grad()
+            logits = out.transition_logits
+            (out.h.square().sum() + (0 if logits is None else logits.square().sum())).backward()
+            got |= {name: p.grad.clone() for name, p in model.named_parameters()}
+            got["words"] = w.grad[real] if w.dim() == 3 else w.grad
+        return got
+
+    from_padded, from_packed = run(words), run(packed)
+    assert from_padded.keys() == from_packed.keys()
+    for key, value in from_padded.items():
+        if value is None:
+            assert from_packed[key] is None, key
+        else:
+            torch.testing.assert_close(from_packed[key], value, atol=1e-6, rtol=1e-5, msg=key)
+    if grad:
+        assert from_padded["words"].abs().sum() > 0
+
+
+def test_packed_words_of_the_wrong_count_are_reported():
+    model = make_model("spinn")
+    words, transitions, lengths, _ = random_batch([3, 2], 7, seed=0)
+    packed = words[torch.arange(words.shape[1]) < lengths[:, None]]
+    for use_given, grad in ((True, True), (False, True), (False, False)):
+        with (
+            torch.set_grad_enabled(grad),
+            pytest.raises(SpinnError, match="words have 4 rows, expected one per real word: 5"),
+        ):
+            model(packed[:4], transitions, lengths, use_given_transitions=use_given)
+    with pytest.raises(SpinnError, match=r"transitions have shape \(2, 4\), expected \(2, 2 N - 1\)"):
+        model(packed, transitions[:, :4], lengths)
+    with pytest.raises(SpinnError, match=r"lengths have shape \(\), expected \(batch,\)"):
+        model(packed, transitions, lengths.sum())
+
+
 def test_readme_example_runs():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Using SPINN in your own model", 1)[1].split("\n## ", 1)[0]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from spinn.data.batching import NLIBatch, pair_sentences
 from spinn.errors import SpinnError
-from spinn.model.schedule import Schedule
+from spinn.model.schedule import Schedule, _real_words
 from spinn.model.spinn import SPINN, SPINNOutput, transition_loss
 
 #: SPINN-PI-NT (no Tracker), SPINN-PI (Tracker, parsed transitions), full SPINN (Tracker parses).
@@ -33,6 +33,20 @@ class ClassifierOutput:
     transition_loss: Tensor | None
     premise: SPINNOutput
     hypothesis: SPINNOutput
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with a mask half as costly on the CPU, where torch's `bernoulli_` draws a double per
+    element (6 ns here) and `torch.rand` a float (2.9 ns): the mask is ``rand >= p``. On the
+    embeddings of a batch (800 x 300) it takes 0.52x the time of `F.dropout`. On other devices (one
+    fused kernel there), for other dtypes, in eval mode and at p of 0 or 1 it is `nn.Dropout`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        cpu = x.device.type == "cpu" and x.dtype == torch.float32
+        if not (cpu and self.training and 0 < self.p < 1) or self.inplace:
+            return super().forward(x)
+        return x * torch.rand_like(x).ge_(self.p).mul_(1 / (1 - self.p))
 
 
 class NLIClassifier(nn.Module):
@@ -93,7 +107,7 @@ class NLIClassifier(nn.Module):
             with torch.no_grad():
                 self.embed.weight.copy_(embeddings)
         self.embed.weight.requires_grad_(not freeze_embeddings)
-        self.embed_dropout = nn.Dropout(dropout)
+        self.embed_dropout = Dropout(dropout)
         self.encoder = SPINN(
             d_embed,
             d_hidden,
@@ -103,10 +117,10 @@ class NLIClassifier(nn.Module):
         layers: list[nn.Module] = [nn.BatchNorm1d(4 * d_hidden)] if batch_norm else []
         d_in = 4 * d_hidden
         for _ in range(mlp_layers):
-            layers += [nn.Dropout(dropout), nn.Linear(d_in, mlp_dim), nn.ReLU()]
+            layers += [Dropout(dropout), nn.Linear(d_in, mlp_dim), nn.ReLU()]
             layers += [nn.BatchNorm1d(mlp_dim)] if batch_norm else []
             d_in = mlp_dim
-        layers += [nn.Dropout(dropout), nn.Linear(d_in, n_classes)]
+        layers += [Dropout(dropout), nn.Linear(d_in, n_classes)]
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, batch: NLIBatch, schedule: Schedule | None = None) -> ClassifierOutput:
@@ -121,9 +135,14 @@ class NLIClassifier(nn.Module):
             `ClassifierOutput`.
         """
         pairs = pair_sentences(batch)  # premises then hypotheses, (2B, ...)
-        words = self.embed_dropout(self.embed(pairs.tokens))  # (2B, N, d_embed)
         given = self.training or self.eval_given_transitions
         schedule = batch.schedule if schedule is None else schedule
+        real = (
+            _real_words(pairs.lengths, pairs.tokens.shape[1])[0] if schedule is None else schedule.leaf_rows
+        )
+        # Only the real words are embedded and dropped out (packed, as the encoder takes them): padding
+        # is a fifth to a third of a bucketed batch.
+        words = self.embed_dropout(self.embed(pairs.tokens.view(-1).index_select(0, real)))  # (W, d_embed)
         both = self.encoder(
             words, pairs.transitions, pairs.lengths, use_given_transitions=given, schedule=schedule
         )

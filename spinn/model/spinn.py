@@ -254,7 +254,10 @@ class SPINN(nn.Module):
         """Encode a padded batch.
 
         Args:
-            words: (B, N, d_input) float, word vectors right-padded (padding rows are never read).
+            words: (B, N, d_input) float, word vectors right-padded (padding rows are never read); or
+                (W, d_input), the real words only, sentence after sentence (``lengths[b]`` rows for
+                sentence b, W = ``lengths.sum()``): the rows a padded batch would be read at, so that
+                padding is never embedded or dropped out (`NLIClassifier` passes these).
             transitions: (B, 2N - 1) long, SHIFT (0) / REDUCE (1), right-padded with PAD (2); sentence b
                 uses its first 2 lengths[b] - 1. May be None only when a full SPINN follows its own
                 predictions.
@@ -276,7 +279,7 @@ class SPINN(nn.Module):
         if self.transition_head is not None:
             given = self.training if use_given_transitions is None else use_given_transitions
             if not given:
-                return self._follow_predictions(words, transitions, lengths)
+                return self._follow_predictions(words, transitions, lengths, n_words)
         if transitions is None:
             raise SpinnError("transitions is None: only a full SPINN following its predictions can parse")
         if schedule is None:
@@ -289,7 +292,7 @@ class SPINN(nn.Module):
         tracker = self.tracker
         # Only the real words are projected: padding is about a quarter of a bucketed NLI batch, whose
         # hypotheses are shorter than its premises.
-        leaves = self.leaf(words.reshape(batch * n_words, -1).index_select(0, schedule.leaf_rows))
+        leaves = self.leaf(_real(words, schedule.leaf_rows))
         h, tracker_h = encode_given(
             leaves,
             self.reduce.gates.weight,
@@ -309,16 +312,29 @@ class SPINN(nn.Module):
         )
 
     def _check_inputs(self, words: Tensor, transitions: Tensor | None, lengths: Tensor) -> tuple[int, int]:
-        if words.dim() != 3 or words.shape[2] != self.d_input:
+        """(B, N): the batch size and the width the transitions (or, packed and without them, the
+        longest sentence) are padded to."""
+        if words.dim() not in (2, 3) or words.shape[-1] != self.d_input:
             raise SpinnError(
-                f"words have shape {tuple(words.shape)}, expected (batch, words, {self.d_input})"
+                f"words have shape {tuple(words.shape)}, expected (batch, words, {self.d_input}) or "
+                f"(real words, {self.d_input})"
             )
-        batch, n_words = words.shape[:2]
+        packed = words.dim() == 2
+        batch = words.shape[0] if not packed else lengths.shape[0] if lengths.dim() == 1 else "batch"
         if lengths.shape != (batch,):
             raise SpinnError(f"lengths have shape {tuple(lengths.shape)}, expected ({batch},)")
-        if transitions is not None and transitions.shape != (batch, 2 * n_words - 1):
+        if transitions is None:
+            return batch, int(lengths.max()) if packed else words.shape[1]
+        width = transitions.shape[-1]
+        n_words = (width + 1) // 2 if packed else words.shape[1]
+        if transitions.shape != (batch, 2 * n_words - 1):
+            expected = (
+                f"({batch}, 2 N - 1) for N >= the longest length"
+                if packed
+                else f"({batch}, {2 * n_words - 1})"
+            )
             raise SpinnError(
-                f"transitions have shape {tuple(transitions.shape)}, expected ({batch}, {2 * n_words - 1}) "
+                f"transitions have shape {tuple(transitions.shape)}, expected {expected} "
                 f"for words of shape {tuple(words.shape)}"
             )
         return batch, n_words
@@ -327,13 +343,15 @@ class SPINN(nn.Module):
         """(B, 3 D): h of the buffer top, stack top and second item, from ids (B * 3,)."""
         return store.read(ids).view(batch, 3, 2 * self.d_hidden)[:, :, : self.d_hidden].reshape(batch, -1)
 
-    def _follow_predictions(self, words: Tensor, transitions: Tensor | None, lengths: Tensor) -> SPINNOutput:
+    def _follow_predictions(
+        self, words: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
+    ) -> SPINNOutput:
         """Full SPINN at evaluation: the best valid predicted transition drives each step."""
         # As in `encode_given`: outside autograd when nothing needs a gradient.
         if _needs_grad(words, *self.parameters()):
-            logits, actions, h = self._follow_predictions_autograd(words, lengths)
+            logits, actions, h = self._follow_predictions_autograd(words, lengths, n_words)
         else:
-            logits, actions, h = self._follow_predictions_no_grad(words, lengths)
+            logits, actions, h = self._follow_predictions_no_grad(words, lengths, n_words)
         return SPINNOutput(
             h=h,
             transition_logits=logits,
@@ -341,14 +359,17 @@ class SPINN(nn.Module):
             predicted_transitions=actions,
         )
 
-    def _follow_predictions_autograd(self, words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _follow_predictions_autograd(
+        self, words: Tensor, lengths: Tensor, n_words: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, 2) logits, (B, T) transitions and (B, D) root h through the generic modules, recorded
         by autograd (the node store passes gradients by hand)."""
-        batch, n_words = words.shape[:2]
-        leaves = self.leaf(words).reshape(batch * n_words, 2 * self.d_hidden)  # (B N, 2 D)
+        batch = len(lengths)
+        leaf_rows = _real_words(lengths, n_words)[0]
+        leaves = self.leaf(_real(words, leaf_rows))  # (W, 2 D)
         store = _NodeStore(store_rows(batch, n_words), leaves)
         device = leaves.device
-        store.write(torch.arange(1, 1 + batch * n_words, device=device), leaves)
+        store.write(1 + leaf_rows, leaves)
         pointers = _StackPointers(lengths.cpu().numpy(), n_words)
         state = (leaves.new_zeros(batch, self.tracker.d_tracker),) * 2
         last_step = 2 * pointers.lengths - 1
@@ -380,7 +401,9 @@ class SPINN(nn.Module):
         )
         return logits, actions, store.read(torch.from_numpy(pointers.root()).to(device))[:, : self.d_hidden]
 
-    def _follow_predictions_no_grad(self, words: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _follow_predictions_no_grad(
+        self, words: Tensor, lengths: Tensor, n_words: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """What `_follow_predictions_autograd` returns, computed outside autograd as in
         `spinn.model.fused`: h and c in separate stores written in place, buffers allocated once per
         batch, the buffer top's share of the Tracker's gates for every real word in one matmul before
@@ -388,8 +411,8 @@ class SPINN(nn.Module):
         sentences not yet finished: sorted longest first, those are a prefix of the batch (the leaf
         rows of the stores follow that order). Only the real words are projected to leaves."""
         d, dt = self.d_hidden, self.tracker.d_tracker
-        batch, n_words = words.shape[:2]
-        n_leaves, n_steps = batch * n_words, 2 * n_words - 1
+        batch = len(lengths)
+        n_steps = 2 * n_words - 1
         device = words.device
         lengths = lengths.to(device)
         order, rank = _longest_first(lengths)
@@ -398,9 +421,15 @@ class SPINN(nn.Module):
         # the r-th longest sentence, with the map from a leaf's node id to its row among them.
         active = [k for k in _running(lengths, n_steps).tolist() if k]
         real, packed = _real_words(lengths[order], n_words)
-        positions = torch.arange(n_words, device=order.device)
-        source = (order[:, None] * n_words + positions).view(-1).index_select(0, real)
-        leaves = self.leaf(words.reshape(n_leaves, -1).index_select(0, source)).detach()  # (W, 2 D)
+        # Where word i of sentence b is in the words: b N + i padded, its sentence's first row + i packed.
+        if words.dim() == 2:
+            _real(words, real)  # checks the number of rows
+            first = lengths.cumsum(0) - lengths
+        else:
+            first = torch.arange(batch, device=device) * n_words
+        positions = torch.arange(n_words, device=device)
+        source = (first[order][:, None] + positions).view(-1).index_select(0, real)
+        leaves = self.leaf(words.reshape(-1, self.d_input).index_select(0, source)).detach()  # (W, 2 D)
         dtype = leaves.dtype  # bf16 under autocast: one dtype throughout, as in `encode_given`
         w_t, b_t, w_r, b_r, w_p, b_p = (
             p.detach().to(dtype)
@@ -480,6 +509,18 @@ class SPINN(nn.Module):
             h = h_store.index_select(0, torch.from_numpy(pointers.root()).to(device).index_select(0, rank))
         actions = torch.from_numpy(actions).to(device)
         return logits.transpose(0, 1).index_select(0, rank), actions.t().index_select(0, rank), h
+
+
+def _real(words: Tensor, leaf_rows: Tensor) -> Tensor:
+    """(W, d_input) the real words, sentence-major: ``words`` if they are already packed (checked against
+    the W of ``leaf_rows``, known on the host), else their rows ``leaf_rows``."""
+    if words.dim() == 3:
+        return words.reshape(-1, words.shape[-1]).index_select(0, leaf_rows)
+    if len(words) != len(leaf_rows):
+        raise SpinnError(
+            f"words have {len(words)} rows, expected one per real word: {len(leaf_rows)} (the sum of lengths)"
+        )
+    return words
 
 
 def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
