@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from spinn import pad_sentences
-from spinn.data.batching import NLIBatch
+from spinn.data.batching import NLIBatch, pair_sentences
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
-from spinn.model import VARIANTS, NLIClassifier
+from spinn.model import VARIANTS, NLIClassifier, build_schedule
 from spinn.model.classifier import Dropout
 from spinn.transitions import parse_to_transitions
 
@@ -130,6 +130,15 @@ def test_padding_does_not_change_a_pair(snli_pairs, variant):
         for i in (0, 5, 11):
             alone = model(make_batch(chosen[i : i + 1], vocab)).logits
             torch.testing.assert_close(alone[0], together[i], atol=1e-6, rtol=0)
+
+
+def test_a_schedule_of_another_batch_is_reported(snli_pairs):
+    pairs, vocab = snli_pairs
+    model = tiny(len(vocab), "spinn_pi")
+    other = make_batch(pairs[:3], vocab)
+    other.schedule = build_schedule(pair_sentences(other).transitions, pair_sentences(other).lengths)
+    with pytest.raises(SpinnError, match="the schedule is for 6 sentences of"):
+        model(make_batch(pairs[:5], vocab), schedule=other.schedule)
 
 
 def test_bad_arguments_are_reported():

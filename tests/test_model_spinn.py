@@ -384,6 +384,21 @@ def test_packed_words_of_the_wrong_count_are_reported():
         model(packed, transitions[:, :4], lengths)
     with pytest.raises(SpinnError, match=r"lengths have shape \(\), expected \(batch,\)"):
         model(packed, transitions, lengths.sum())
+    with pytest.raises(SpinnError, match="lengths is empty"):
+        model(packed[:0], None, lengths[:0])
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_lengths_out_of_range_are_reported_when_the_model_parses(grad):
+    model = make_model("spinn").eval()
+    words = torch.randn(2, 3, 7)
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(SpinnError, match=r"sentence 1 of the batch has length 0, expected 1..3"):
+            model(words, None, torch.tensor([3, 0]))
+        with pytest.raises(SpinnError, match=r"sentence 0 of the batch has length 4, expected 1..3"):
+            model(words, None, torch.tensor([4, 3]))
+        with pytest.raises(SpinnError, match="words have 6 rows, expected one per real word: 7"):
+            model(words.view(6, 7), None, torch.tensor([4, 3]))
 
 
 def test_readme_example_runs():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spinn.errors import ParseError
+from spinn.errors import ParseError, SpinnError
 from spinn.transitions import PAD, REDUCE, SHIFT
 
 # Plain ints for the host-side steps: numpy looks its protocols up on an IntEnum's class at every
@@ -147,6 +147,15 @@ class Schedule:
     level_offsets: list[int]
     root: Tensor
 
+    def check_fits(self, batch_size: int, n_words: int) -> None:
+        """Raises SpinnError unless this is the schedule of a batch of ``batch_size`` sentences padded to
+        ``n_words`` words."""
+        if (self.batch_size, self.n_words) != (batch_size, n_words):
+            raise SpinnError(
+                f"the schedule is for {self.batch_size} sentences of {self.n_words} words, "
+                f"the batch has {batch_size} of {n_words}"
+            )
+
     def to(self, device: torch.device | str) -> Schedule:
         move = {
             k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
@@ -208,7 +217,7 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
     starts = active.cumsum(0) - active  # first packed row of each step
     prev_start = torch.cat((starts.new_zeros(1), batch + starts[:-1]))
     tracker_ids = tracker_ids[:, order]
-    leaf_rows, packed_leaf = _real_words(lengths, n_words)
+    leaf_rows, packed_leaf = real_words(lengths, n_words)
     step_of_reduce = torch.repeat_interleave(torch.arange(steps), counts)
     return Schedule(
         n_rows=store_rows(batch, n_words),
@@ -248,8 +257,9 @@ def _running(lengths: Tensor, steps: int) -> Tensor:
     return (2 * lengths - 1 > torch.arange(steps, device=lengths.device)[:, None]).sum(1)
 
 
-def _real_words(lengths: Tensor, n_words: int) -> tuple[Tensor, Tensor]:
-    """(leaf_rows, packed): b N + i for each real word i of sentence b, sentence-major; and for each
+def real_words(lengths: Tensor, n_words: int) -> tuple[Tensor, Tensor]:
+    """(leaf_rows, packed): b N + i for each real word i of sentence b, sentence-major (the rows of
+    the flattened (B N) padded tokens or words that are real, ``Schedule.leaf_rows``); and for each
     node id up to the last leaf's, 1 + the index of its word in leaf_rows (0 for the empty slot and
     for padding)."""
     leaf_rows = (torch.arange(n_words, device=lengths.device) < lengths[:, None]).view(-1).nonzero()[:, 0]

@@ -46,10 +46,10 @@ from spinn.model.schedule import (
     _SHIFT,
     Schedule,
     _longest_first,
-    _real_words,
     _running,
     _StackPointers,
     build_schedule,
+    real_words,
     store_rows,
 )
 from spinn.transitions import PAD, REDUCE, SHIFT
@@ -205,7 +205,7 @@ class Reduce(nn.Module):
 
 
 class SPINN(nn.Module):
-    """The SPINN sentence encoder over a padded batch of word vectors and transitions.
+    """The SPINN sentence encoder over a batch of word vectors (padded or packed) and transitions.
 
     Variants (Bowman et al. 2016): ``d_tracker=None`` is SPINN-PI-NT (no Tracker, composed level by
     level); ``d_tracker=64`` is SPINN-PI; adding ``predict_transitions=True`` is the full SPINN, whose
@@ -251,7 +251,7 @@ class SPINN(nn.Module):
         use_given_transitions: bool | None = None,
         schedule: Schedule | None = None,
     ) -> SPINNOutput:
-        """Encode a padded batch.
+        """Encode a batch of sentences.
 
         Args:
             words: (B, N, d_input) float, word vectors right-padded (padding rows are never read); or
@@ -284,11 +284,8 @@ class SPINN(nn.Module):
             raise SpinnError("transitions is None: only a full SPINN following its predictions can parse")
         if schedule is None:
             schedule = build_schedule(transitions, lengths).to(words.device)
-        elif (schedule.batch_size, schedule.n_words) != (batch, n_words):
-            raise SpinnError(
-                f"the schedule is for {schedule.batch_size} sentences of {schedule.n_words} words, "
-                f"the batch has {batch} of {n_words}"
-            )
+        else:
+            schedule.check_fits(batch, n_words)
         tracker = self.tracker
         # Only the real words are projected: padding is about a quarter of a bucketed NLI batch, whose
         # hypotheses are shorter than its premises.
@@ -312,29 +309,29 @@ class SPINN(nn.Module):
         )
 
     def _check_inputs(self, words: Tensor, transitions: Tensor | None, lengths: Tensor) -> tuple[int, int]:
-        """(B, N): the batch size and the width the transitions (or, packed and without them, the
-        longest sentence) are padded to."""
+        """(B, N): the batch size and the width N the transitions are padded to, 2 N - 1 (without
+        transitions: that of the padded words, or for packed words the longest sentence's)."""
         if words.dim() not in (2, 3) or words.shape[-1] != self.d_input:
             raise SpinnError(
                 f"words have shape {tuple(words.shape)}, expected (batch, words, {self.d_input}) or "
                 f"(real words, {self.d_input})"
             )
         packed = words.dim() == 2
-        batch = words.shape[0] if not packed else lengths.shape[0] if lengths.dim() == 1 else "batch"
-        if lengths.shape != (batch,):
-            raise SpinnError(f"lengths have shape {tuple(lengths.shape)}, expected ({batch},)")
+        if lengths.dim() != 1 or (not packed and len(lengths) != len(words)):
+            expected = "(batch,)" if packed else f"({len(words)},)"
+            raise SpinnError(f"lengths have shape {tuple(lengths.shape)}, expected {expected}")
+        if not len(lengths):
+            raise SpinnError("lengths is empty: a batch needs at least one sentence")
+        batch = len(lengths)
         if transitions is None:
             return batch, int(lengths.max()) if packed else words.shape[1]
-        width = transitions.shape[-1]
-        n_words = (width + 1) // 2 if packed else words.shape[1]
+        n_words = (transitions.shape[-1] + 1) // 2 if packed else words.shape[1]
         if transitions.shape != (batch, 2 * n_words - 1):
             expected = (
-                f"({batch}, 2 N - 1) for N >= the longest length"
-                if packed
-                else f"({batch}, {2 * n_words - 1})"
+                f"({batch}, 2 N - 1), N the longest length" if packed else f"({batch}, {2 * n_words - 1})"
             )
             raise SpinnError(
-                f"transitions have shape {tuple(transitions.shape)}, expected {expected} "
+                f"transitions have shape {tuple(transitions.shape)}, expected {expected}, "
                 f"for words of shape {tuple(words.shape)}"
             )
         return batch, n_words
@@ -347,6 +344,14 @@ class SPINN(nn.Module):
         self, words: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
     ) -> SPINNOutput:
         """Full SPINN at evaluation: the best valid predicted transition drives each step."""
+        # The given route's schedule checks the lengths; here they are read on the host anyway.
+        host = lengths.cpu()
+        wrong = (host < 1) | (host > n_words)
+        if wrong.any():
+            b = int(wrong.nonzero()[0, 0])
+            raise SpinnError(f"sentence {b} of the batch has length {int(host[b])}, expected 1..{n_words}")
+        if words.dim() == 2:
+            _check_word_count(words, int(host.sum()))
         # As in `encode_given`: outside autograd when nothing needs a gradient.
         if _needs_grad(words, *self.parameters()):
             logits, actions, h = self._follow_predictions_autograd(words, lengths, n_words)
@@ -365,7 +370,7 @@ class SPINN(nn.Module):
         """(B, T, 2) logits, (B, T) transitions and (B, D) root h through the generic modules, recorded
         by autograd (the node store passes gradients by hand)."""
         batch = len(lengths)
-        leaf_rows = _real_words(lengths, n_words)[0]
+        leaf_rows = real_words(lengths, n_words)[0]
         leaves = self.leaf(_real(words, leaf_rows))  # (W, 2 D)
         store = _NodeStore(store_rows(batch, n_words), leaves)
         device = leaves.device
@@ -420,13 +425,11 @@ class SPINN(nn.Module):
         # the steps past the longest sentence are dropped), and the real words, r N + i for word i of
         # the r-th longest sentence, with the map from a leaf's node id to its row among them.
         active = [k for k in _running(lengths, n_steps).tolist() if k]
-        real, packed = _real_words(lengths[order], n_words)
+        real, packed = real_words(lengths[order], n_words)
         # Where word i of sentence b is in the words: b N + i padded, its sentence's first row + i packed.
-        if words.dim() == 2:
-            _real(words, real)  # checks the number of rows
-            first = lengths.cumsum(0) - lengths
-        else:
-            first = torch.arange(batch, device=device) * n_words
+        first = (
+            lengths.cumsum(0) - lengths if words.dim() == 2 else torch.arange(batch, device=device) * n_words
+        )
         positions = torch.arange(n_words, device=device)
         source = (first[order][:, None] + positions).view(-1).index_select(0, real)
         leaves = self.leaf(words.reshape(-1, self.d_input).index_select(0, source)).detach()  # (W, 2 D)
@@ -512,15 +515,19 @@ class SPINN(nn.Module):
 
 
 def _real(words: Tensor, leaf_rows: Tensor) -> Tensor:
-    """(W, d_input) the real words, sentence-major: ``words`` if they are already packed (checked against
-    the W of ``leaf_rows``, known on the host), else their rows ``leaf_rows``."""
+    """(W, d_input) the real words, sentence-major: ``words`` if they are already packed, else their
+    rows ``leaf_rows``."""
     if words.dim() == 3:
         return words.reshape(-1, words.shape[-1]).index_select(0, leaf_rows)
-    if len(words) != len(leaf_rows):
-        raise SpinnError(
-            f"words have {len(words)} rows, expected one per real word: {len(leaf_rows)} (the sum of lengths)"
-        )
+    _check_word_count(words, len(leaf_rows))  # W is known on the host: no device sync
     return words
+
+
+def _check_word_count(words: Tensor, n_real: int) -> None:
+    if len(words) != n_real:
+        raise SpinnError(
+            f"words have {len(words)} rows, expected one per real word: {n_real} (the sum of lengths)"
+        )
 
 
 def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
