@@ -16,7 +16,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--split", choices=("dev", "test"), default="dev", help="a split of the run's config")
-    which.add_argument("--data", help="any labelled SNLI/MultiNLI .jsonl or .txt file instead of --split")
+    which.add_argument(
+        "--data",
+        help="any labelled SNLI/MultiNLI .jsonl or .txt file instead of --split, read whole (the config's "
+        "data.limit applies to its splits only)",
+    )
     parser.add_argument("--data-dir", help="override the config's data.data_dir for --split")
     parser.add_argument(
         "--transitions",
@@ -327,7 +331,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     name = Path(path.name.removesuffix(".gz")).stem if args.data else args.split
 
-    split = load_split(path, cfg.data, loaded.vocab, progress=not args.no_progress)
+    # The run's splits are scored as the run scored them; any other file is scored whole.
+    data = replace(cfg.data, limit=None) if args.data else cfg.data
+    split = load_split(path, data, loaded.vocab, progress=not args.no_progress)
     start = time.perf_counter()
     result = evaluate(
         loaded.model,

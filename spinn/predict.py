@@ -31,7 +31,7 @@ import torch
 
 from spinn import cli
 from spinn.data.batching import NLIItem, collate_nli
-from spinn.data.snli import LABELS
+from spinn.data.snli import LABELS, read_rows
 from spinn.errors import ParseError, SpinnError, at
 from spinn.evaluate import LoadedModel, load_model
 from spinn.tokenize import tokenize
@@ -94,7 +94,7 @@ def read_pairs(path: Path) -> list[Pair]:
     if not path.is_file():
         raise SpinnError(f"{path}: no such file")
     pairs = []
-    for line_no, row in _rows(path):
+    for line_no, row in read_rows(path):
         sides = []
         for fields in (PREMISE_FIELDS, HYPOTHESIS_FIELDS):
             value = next((row[f] for f in fields if isinstance(row.get(f), str) and row[f].strip()), None)
@@ -107,28 +107,6 @@ def read_pairs(path: Path) -> list[Pair]:
     if not pairs:
         raise SpinnError(f"{path}: no sentence pairs")
     return pairs
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SpinnError(f"{at(str(path), line_no)}: bad JSON ({err})") from None
-                if not isinstance(row, dict):
-                    raise SpinnError(f"{at(str(path), line_no)}: expected a JSON object")
-                yield line_no, row
-        elif path.suffix in (".tsv", ".txt"):
-            header = f.readline().rstrip("\r\n").split("\t")
-            for line_no, line in enumerate(f, 2):
-                if line.strip():
-                    yield line_no, dict(zip(header, line.rstrip("\r\n").split("\t"), strict=False))
-        else:
-            raise SpinnError(f"{path}: unknown format {path.suffix!r}, expected .jsonl, .tsv or .txt")
 
 
 @torch.no_grad()

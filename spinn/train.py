@@ -766,7 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
     parser.add_argument(
-        "--dry-run", action="store_true", help="check config, data and model on one batch; write nothing"
+        "--dry-run",
+        action="store_true",
+        help="check config, data and model on one batch; write no run folder (data caches may be built)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser

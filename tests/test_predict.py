@@ -48,3 +48,17 @@ def test_read_pairs_from_jsonl_and_tsv(tmp_path):
         SpinnError, match=r"bad.jsonl:1: expected a non-empty field among sentence2_binary_parse"
     ):
         read_pairs(tmp_path / "bad.jsonl")
+
+
+def test_pair_files_are_read_like_the_training_data(tmp_path):
+    # A byte-order mark is dropped, as `read_nli` drops it; a byte that is not UTF-8 names its line.
+    (tmp_path / "bom.tsv").write_bytes("\ufeffsentence1\tsentence2\nA cat.\tA pet.\n".encode())
+    assert [(p.premise, p.hypothesis) for p in read_pairs(tmp_path / "bom.tsv")] == [("A cat.", "A pet.")]
+    (tmp_path / "latin1.jsonl").write_bytes(
+        b'{"sentence1": "A dog.", "sentence2": "A pet."}\n{"sentence1": "Caf\xe9", "sentence2": "A pet."}\n'
+    )
+    with pytest.raises(SpinnError, match=r"latin1.jsonl:2: expected UTF-8 text, found byte 0xe9"):
+        read_pairs(tmp_path / "latin1.jsonl")
+    (tmp_path / "p.csv").write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(SpinnError, match=r"unknown format '.csv', expected .jsonl, .tsv or .txt"):
+        read_pairs(tmp_path / "p.csv")

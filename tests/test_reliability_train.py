@@ -187,6 +187,19 @@ def test_bad_checkpoints_are_refused_by_evaluate_and_predict(trained, tmp_path, 
     assert not marker.exists()
 
 
+def test_evaluate_scores_the_runs_splits_as_it_did_and_any_other_file_whole(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=1", "data.limit=10")]) == 0
+    dev = next(a.split("=", 1)[1] for a in tiny_data if a.startswith("data.data_dir=")) + "/dev.jsonl"
+    pairs = {}
+    for which in (["--split", "dev"], ["--data", dev]):
+        out = tmp_path / f"{which[0][2:]}.jsonl"
+        argv = ["--checkpoint", str(run / "best.pt"), *which, "--output", str(out), "--no-progress"]
+        assert evaluate_main(argv) == 0
+        pairs[which[0]] = json.loads(out.with_suffix(".metrics.json").read_text())["pairs"]
+    assert pairs == {"--split": 10, "--data": 24}
+
+
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [

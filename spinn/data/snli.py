@@ -35,10 +35,11 @@ import json
 import math
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -145,6 +146,24 @@ def read_nli(
         for reason in data.invalid_reasons:
             print(f"  {reason}", file=sys.stderr)
     return data
+
+
+def read_rows(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for each row of a ``.jsonl`` file or of a tab-separated ``.tsv``/``.txt`` file
+    with a header line (``required`` names the columns it must have), read as `read_nli` reads them:
+    UTF-8, a byte-order mark dropped, blank lines skipped, no progress bar.
+
+    Raises:
+        SpinnError: an unknown suffix, or the first row that is not UTF-8, not JSON or not a JSON object.
+    """
+    if path.suffix not in (".jsonl", ".tsv", ".txt"):
+        raise SpinnError(f"{path}: unknown format {path.suffix!r}, expected .jsonl, .tsv or .txt")
+    lines = _lines(path, False, (0, None), 1)
+    rows = _jsonl_rows(path, lines) if path.suffix == ".jsonl" else _tsv_rows(path, lines, required)
+    for line_no, row in rows:
+        if isinstance(row, SpinnError):
+            raise row
+        yield line_no, row
 
 
 @contextmanager
@@ -348,7 +367,9 @@ def _jsonl_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tupl
         yield line_no, row
 
 
-def _tsv_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, dict | SpinnError]]:
+def _tsv_rows(
+    path: Path, lines: Iterator[tuple[int, bytes]], required: Sequence[str] = REQUIRED_FIELDS
+) -> Iterator[tuple[int, dict | SpinnError]]:
     header: list[str] | None = None
     for line_no, line in lines:
         try:
@@ -358,7 +379,7 @@ def _tsv_rows(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[
             continue
         if header is None:
             header = text.split("\t")
-            missing = [name for name in REQUIRED_FIELDS if name not in header]
+            missing = [name for name in required if name not in header]
             if missing:
                 raise SpinnError(
                     f"{at(str(path), line_no)}: header lacks column(s) {', '.join(missing)}; "
