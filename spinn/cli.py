@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,12 +52,24 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+#: The device names the entry points take (`train.device`, ``--device``).
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether `name` is one of `DEVICE_NAMES`."""
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name) is not None
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; other names are taken as given.
 
     Raises:
-        SpinnError: a CUDA or MPS device was asked for and is not available.
+        SpinnError: a name that is not one of `DEVICE_NAMES`, or a CUDA or MPS device that is not
+            available.
     """
+    if not is_device_name(name):
+        raise SpinnError(f"device {name!r}: expected {DEVICE_NAMES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

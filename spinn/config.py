@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from spinn.cli import DEVICE_NAMES, is_device_name
 from spinn.errors import SpinnError
 from spinn.model.classifier import NLIClassifier
 
@@ -325,8 +326,8 @@ def validate(cfg: Config) -> None:
         )
     if t.epochs is None and t.max_steps is None:
         raise ConfigError("train.epochs and train.max_steps are both null: set at least one to stop training")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):
-        raise ConfigError(f"train.device: expected auto, cpu, cuda, cuda:N or mps, found {t.device!r}")
+    if not is_device_name(t.device):
+        raise ConfigError(f"train.device: expected {DEVICE_NAMES}, found {t.device!r}")
 
 
 def diff_configs(old: Config, new: Config) -> list[tuple[str, Any, Any]]:

@@ -156,3 +156,7 @@ def test_script_reports_errors_with_status_2(served, tmp_path, capsys, monkeypat
     assert "error: " in capsys.readouterr().err
     assert main([*args, "--checksum", sha256(folder / "snli_1.0.zip")]) == 0
     assert "snli: 2 file(s)" in capsys.readouterr().out
+    assert main(["snli", "multinli", "--checksum", "md5:" + "1" * 32]) == 2
+    assert "error: --checksum applies to one NAME at a time, found 2 names" in capsys.readouterr().err
+    with pytest.raises(SpinnError, match="expected md5:1111"):  # --debug, as every script has
+        main([*args, "--checksum", "md5:" + "1" * 32, "--keep-archive", "--debug"])

@@ -187,6 +187,14 @@ def test_bad_checkpoints_are_refused_by_evaluate_and_predict(trained, tmp_path, 
     assert not marker.exists()
 
 
+def test_an_unknown_device_is_a_user_error(trained, capsys):
+    for main, extra in ((evaluate_main, []), (predict_main, ["--premise", "a", "--hypothesis", "b"])):
+        argv = ["--checkpoint", str(trained / "best.pt"), "--device", "gpu0", *extra]
+        assert (
+            user_error(main, argv, capsys) == "error: device 'gpu0': expected auto, cpu, cuda, cuda:N or mps"
+        )
+
+
 def test_evaluate_scores_the_runs_splits_as_it_did_and_any_other_file_whole(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=1", "data.limit=10")]) == 0

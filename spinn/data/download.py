@@ -13,6 +13,7 @@ known the entry has no checksum and a warning says so, unless the caller supplie
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.client
 import json
@@ -29,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from spinn import cli
 from spinn.errors import SpinnError
 
 _CHUNK = 1 << 20
@@ -115,7 +117,7 @@ def download(
         if expected is None:
             warnings.warn(
                 f"{name}: no known checksum for {res.archive}; it is unverified "
-                f"(pass checksum='sha256:...' to check it)",
+                f"(pass --checksum sha256:<hex>, or checksum= in Python, to check it)",
                 stacklevel=2,
             )
         else:
@@ -234,3 +236,38 @@ def _fetch(url: str, target: Path, progress: bool) -> None:
         part.unlink(missing_ok=True)
         raise SpinnError(f"{url}: download failed ({err})") from None
     os.replace(part, target)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Download SNLI 1.0, MultiNLI 1.0 and GloVe into a data folder; running it again skips "
+        "what is already extracted and verified.",
+        epilog="example: python scripts/download.py snli glove.840B.300d --root data",
+    )
+    p.add_argument("names", nargs="+", choices=sorted(RESOURCES), metavar="NAME", help="what to fetch")
+    p.add_argument("--root", default="data", help="folder to extract into (default: data)")
+    p.add_argument("--base-url", help="fetch <base-url>/<archive name> instead of the official address")
+    p.add_argument("--checksum", help="'sha256:<hex>' or 'md5:<hex>' for a single NAME; overrides the table")
+    p.add_argument("--keep-archive", action="store_true", help="keep the zip after extracting it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def run_download(args: argparse.Namespace) -> int:
+    if args.checksum and len(args.names) > 1:
+        raise SpinnError(f"--checksum applies to one NAME at a time, found {len(args.names)} names")
+    for name in args.names:
+        files = download(
+            name,
+            args.root,
+            base_url=args.base_url,
+            checksum=args.checksum,
+            keep_archive=args.keep_archive,
+            progress=not args.no_progress,
+        )
+        print(f"{name}: {len(files)} file(s) in {args.root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), run_download, argv)
