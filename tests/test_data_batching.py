@@ -108,17 +108,17 @@ def test_drop_last_and_no_shuffle():
 
 
 @pytest.mark.parametrize(
-    ("n", "bs", "replicas", "drop_last"),
+    ("n", "bs", "replicas", "drop_last", "exactly_once"),
     [
-        (1000, 32, 3, False),
-        (1000, 32, 3, True),
-        (100, 10, 4, False),
-        (5, 4, 4, False),
-        (64, 8, 2, False),
-        (2, 4, 3, False),
+        (1000, 32, 3, False, True),
+        (1000, 32, 3, True, True),
+        (100, 10, 4, False, True),
+        (64, 8, 2, False, True),
+        (5, 4, 4, False, False),  # 5 left-over examples for 4 ranks: short ranks repeat some
+        (2, 4, 3, False, False),
     ],
 )
-def test_ranks_get_disjoint_batches_and_the_same_number_of_steps(n, bs, replicas, drop_last):
+def test_ranks_get_disjoint_batches_and_the_same_number_of_steps(n, bs, replicas, drop_last, exactly_once):
     lengths = LENGTHS[:n]
     per_rank = [
         epoch(BucketBatchSampler(lengths, bs, num_replicas=replicas, rank=r, drop_last=drop_last), 2)
@@ -127,12 +127,26 @@ def test_ranks_get_disjoint_batches_and_the_same_number_of_steps(n, bs, replicas
     steps = {len(p) for p in per_rank}
     assert steps == {len(BucketBatchSampler(lengths, bs, num_replicas=replicas, drop_last=drop_last))}
     seen = [i for p in per_rank for b in p for i in b]
+    assert min(len(b) for p in per_rank for b in p) >= 2  # batch norm trains on no batch of one
     if drop_last:
         assert len(seen) == len(set(seen)) and len(seen) > n - bs * replicas
-    elif n >= replicas:
+    elif exactly_once:
         assert sorted(seen) == list(range(n))
-    else:  # fewer examples than ranks: the short ranks repeat one, nothing is lost
-        assert set(seen) == set(range(n))
+    else:  # nothing is lost; the repeats fill final batches to two examples
+        assert set(seen) == set(range(n)) and len(seen) - n < 2 * replicas
+
+
+@pytest.mark.parametrize(("n", "replicas"), [(33, 1), (65, 2), (66, 2), (7, 3), (1, 2)])
+def test_no_batch_holds_a_single_example(n, replicas):
+    lengths = LENGTHS[:n]
+    per_rank = [
+        epoch(BucketBatchSampler(lengths, 32, num_replicas=replicas, rank=r)) for r in range(replicas)
+    ]
+    assert min(len(b) for p in per_rank for b in p) >= 2
+    assert {len(p) for p in per_rank} == {len(BucketBatchSampler(lengths, 32, num_replicas=replicas))}
+    assert {i for p in per_rank for b in p for i in b} == set(range(n))
+    if replicas == 1:  # a lone last example joins the batch before it: 33 = one batch, nothing repeated
+        assert [len(b) for b in per_rank[0]] == [33]
 
 
 def test_resume_yields_exactly_the_remaining_batches():

@@ -235,13 +235,15 @@ class BucketBatchSampler(Sampler[list[int]]):
     With ``shuffle``: a permutation drawn from (seed, epoch) is cut into pools of ``pool_batches``
     batches, each pool is sorted by length (stable) and cut into batches, and the batch order is
     shuffled. Without: examples sorted by length, batches in that order (for evaluation). Only the
-    last batch can be partial; ``drop_last`` drops it.
+    last batch can be partial; ``drop_last`` drops it. No batch holds a single example (batch norm
+    cannot train on one): a partial batch of one joins the batch before it.
 
     Sharding over ``num_replicas`` ranks (all ranks draw the same batches for a given (seed, epoch)):
     rank r takes batches r, r + R, r + 2R, ...; every rank gets the same number of steps. Batches left
     over when the count is not a multiple of R are dropped with ``drop_last``; without it their
     examples are dealt out in turn to one final batch per rank, so each example is still seen exactly
-    once (if there are fewer left-over examples than ranks, the short ranks repeat one of them).
+    once, except where there are fewer than two left-over examples a rank: the short ranks fill their
+    final batch up to two with repeats of left-over examples.
 
     Resume: ``state_dict()`` records the epoch and the batches this iterator has yielded;
     after ``load_state_dict`` the next iteration yields exactly the remaining batches of that epoch.
@@ -293,6 +295,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         """Batches per epoch on this rank (a full epoch, also right after a mid-epoch resume)."""
         n, bs, r = len(self.lengths), self.batch_size, self.num_replicas
         batches = n // bs + (1 if n % bs and not self.drop_last else 0)
+        batches -= n % bs == 1 and n > bs and not self.drop_last  # a lone example joins the batch before
         return batches // r + (1 if batches % r and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -320,6 +323,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         batches = list(order.split(self.batch_size))
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
+        elif len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2:] = [torch.cat(batches[-2:])]
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
@@ -332,7 +337,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         if full < len(batches) and not self.drop_last:
             left = torch.cat(batches[full:]).tolist()
             share = left[self.rank :: r]
-            mine.append(share if share else [left[self.rank % len(left)]])
+            share += [left[(self.rank + i) % len(left)] for i in range(len(share), 2)]
+            mine.append(share)
         return mine
 
     def state_dict(self, batches_consumed: int | None = None) -> dict[str, int | bool]:
