@@ -132,6 +132,14 @@ def test_parallel_reading_gives_the_serial_table(tmp_path, monkeypatch):
     assert len(serial["pair_ids"]) == 33 and serial["no_gold"] == 17
     for workers in (2, 3, 7):
         assert _decoded(load_nli(path, use_cache=False, workers=workers)) == serial
+    # A part without a labelled row (rows 15-34 unlabelled) contributes nothing and breaks nothing.
+    for i in range(15, 35):
+        rows[i]["gold_label"] = "-"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    serial = _decoded(load_nli(path, use_cache=False, progress=False))
+    assert len(serial["pair_ids"]) == 20
+    for workers in (3, 60):
+        assert _decoded(load_nli(path, use_cache=False, workers=workers)) == serial
 
 
 def test_parallel_reading_reports_the_true_line(tmp_path, monkeypatch):

@@ -80,6 +80,10 @@ def test_duplicate_words_keep_the_first(tmp_path):
         ("the 1 2 3 4", "g.txt:2: 4 values after the word, expected 3"),
         ("dog 1 2 3 4 5", "g.txt:2: 5 values after the word, expected 3"),
         ("the 1 x 3", "g.txt:2: a value is not a number"),
+        ("the 1  ", "g.txt:2: 1 values after the word, expected 3"),  # 3 spaces, as a good row has
+        ("the nan 2 3", "g.txt:2: a value is not finite"),
+        ("the 1 inf 3", "g.txt:2: a value is not finite"),
+        ("the\t1\t2\t3", "g.txt:2: a tab in the line, expected values separated by spaces"),
     ],
 )
 def test_bad_lines_raise_with_the_line_number(tmp_path, line, fragment):

@@ -311,6 +311,8 @@ def test_schedule_composes_a_level_at_a_time():
         ([[SHIFT, SHIFT, SHIFT]], [2], "SHIFT with an empty buffer"),
         ([[SHIFT, SHIFT, REDUCE]], [1], "transition 1 is 0, expected PAD"),
         ([[SHIFT, PAD, PAD]], [2], "transition 1 is 2, expected SHIFT/REDUCE"),
+        ([[0, 0, 0, 7, 1]], [3], r"transition 3: 7, expected SHIFT \(0\), REDUCE \(1\) or PAD \(2\)"),
+        ([[0, -1, 1]], [2], "transition 1: -1, expected SHIFT"),
     ],
 )
 def test_invalid_transitions_are_reported(transitions, lengths, message):

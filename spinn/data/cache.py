@@ -310,7 +310,7 @@ def _merge(parts: list[NLITable]) -> NLITable:
     for t in parts:
         remap = torch.tensor([index.setdefault(w, len(index)) for w in t.words], dtype=torch.int32)
         for side, (ids, offsets, trans) in sides.items():
-            shift = offsets[-1][-1] if offsets else 0
+            shift = sum(len(x) for x in ids)  # the words before this part (a part may hold none)
             ids.append(remap[getattr(t, f"{side}_ids").long()])
             offsets.append(getattr(t, f"{side}_offsets")[(1 if offsets else 0) :] + shift)
             trans.append(getattr(t, f"{side}_transitions"))

@@ -170,6 +170,10 @@ def _scan(
                     continue
                 # Left: a trailing space or CR, a word with spaces (840B), or too few or too many values;
                 # too many show as a number right after the first part of the would-be word.
+                if b"\t" in line:
+                    raise SpinnError(
+                        f"{at(name, line_no)}: a tab in the line, expected values separated by spaces"
+                    )
                 fields = line.rsplit(b" ", dim)
                 if len(fields) <= dim or _FLOAT.fullmatch(fields[0].split(b" ")[-1]):
                     n = len(line.split()) - 1
@@ -181,9 +185,16 @@ def _scan(
             if i is None or found_mask[i]:
                 continue
             try:
-                vectors[i] = np.asarray(values.split(), dtype=np.float32)
+                row = np.asarray(values.split(), dtype=np.float32)
             except ValueError as err:
                 raise SpinnError(f"{at(name, line_no)}: a value is not a number ({err})") from None
+            # Only the rows kept are checked in full: a stray space can pass the count above, and one
+            # NaN would spread to every random vector through the standard deviation.
+            if row.shape != (dim,):
+                raise SpinnError(f"{at(name, line_no)}: {row.size} values after the word, expected {dim}")
+            if not np.isfinite(row).all():
+                raise SpinnError(f"{at(name, line_no)}: a value is not finite (nan or inf), expected numbers")
+            vectors[i] = row
             found_mask[i] = True
         bar.update(position() - bar.n)
 

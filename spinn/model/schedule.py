@@ -276,6 +276,13 @@ def _check_padding(transitions: Tensor, lengths: Tensor, n_words: int) -> None:
     if (lengths < 1).any() or (lengths > n_words).any():
         b = int(((lengths < 1) | (lengths > n_words)).nonzero()[0, 0])
         raise ParseError(f"sentence {b} of the batch has length {int(lengths[b])}, expected 1..{n_words}")
+    unknown = (transitions < int(SHIFT)) | (transitions > int(PAD))
+    if unknown.any():
+        b, t = (int(i) for i in unknown.nonzero()[0])
+        raise ParseError(
+            f"sentence {b} of the batch, transition {t}: {int(transitions[b, t])}, expected SHIFT (0), "
+            f"REDUCE (1) or PAD (2)"
+        )
     real = torch.arange(transitions.shape[1])[None, :] < (2 * lengths - 1)[:, None]
     wrong = real == (transitions == PAD)
     if wrong.any():
