@@ -24,12 +24,15 @@ import torch
 import yaml
 
 from spinn.cli import DEVICE_NAMES, is_device_name
+from spinn.data.snli import TOO_LONG_POLICIES
 from spinn.errors import SpinnError
-from spinn.model.classifier import NLIClassifier
+from spinn.model.classifier import VARIANTS, NLIClassifier
 
-Variant = Literal["spinn_pi_nt", "spinn_pi", "spinn"]
+# The model's and the reader's own lists of names, as the schema's types (a Literal of a tuple is the
+# Literal of its items), so that no list is kept in sync by hand.
+Variant = Literal[VARIANTS]
 Optimizer = Literal["rmsprop", "adam", "sgd"]
-TooLong = Literal["error", "skip", "truncate"]
+TooLong = Literal[TOO_LONG_POLICIES]
 VARIANTS_WITH_TRACKER = ("spinn_pi", "spinn")
 
 

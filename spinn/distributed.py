@@ -60,11 +60,6 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def is_main() -> bool:
-    """Rank 0, or the only process: the one that writes logs, progress bars and checkpoints."""
-    return cli.is_main_process()
-
-
 def setup(device: torch.device) -> torch.device:
     """Join torchrun's process group; return the device this process trains on.
 
@@ -131,7 +126,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if has_batch_norm and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif has_batch_norm and is_main():
+    elif has_batch_norm and cli.is_main_process():
         warnings.warn(
             "model.batch_norm on the CPU: each process normalises over its own share of the batch "
             "(torch's SyncBatchNorm needs CUDA)",
@@ -241,7 +236,7 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     """Every rank's `obj` (picklable), in rank order, on rank 0; None elsewhere. Every rank must call it."""
     if not is_distributed():
         return [obj]
-    out = [None] * world_size() if is_main() else None
+    out = [None] * world_size() if cli.is_main_process() else None
     dist.gather_object(obj, out, dst=0)
     return out
 
@@ -252,7 +247,7 @@ def quiet_unless_main() -> Iterator[None]:
 
     Warnings and errors (stderr) still show on every rank.
     """
-    if is_main():
+    if cli.is_main_process():
         yield
         return
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):

@@ -44,6 +44,8 @@ class Split:
     path: Path
     no_gold: int
     invalid: int
+    #: Each pair's genre (MultiNLI), or None when the file has none.
+    genres: list[str | None] | None = None
 
 
 @dataclass
@@ -121,7 +123,7 @@ def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITab
 def load_split(path: Path, data: DataConfig, vocab: Vocab, *, progress: bool = True) -> Split:
     """`read_table`, with words mapped to `vocab` ids."""
     table = read_table(path, data, progress=progress)
-    return Split(NLIDataset(table, vocab), path, table.no_gold, table.invalid)
+    return Split(NLIDataset(table, vocab), path, table.no_gold, table.invalid, table.genres)
 
 
 @torch.no_grad()
@@ -250,7 +252,20 @@ def metrics(result: EvalResult, split: Split) -> dict[str, Any]:
         "skipped_no_gold": split.no_gold,
         "skipped_invalid": split.invalid,
         **classification_report(result.labels, result.predictions),
+        "per_genre": None if split.genres is None else genre_accuracy(result, split.genres),
     }
+
+
+def genre_accuracy(result: EvalResult, genres: list[str | None]) -> dict[str, dict[str, float | int]]:
+    """Accuracy and pair count for each genre (MultiNLI reports its results by genre), sorted by name;
+    pairs without a genre count as "none"."""
+    correct = (result.predictions == result.labels).tolist()
+    out: dict[str, list[int]] = {}
+    for genre, right in zip(genres, correct, strict=True):
+        tally = out.setdefault(genre or "none", [0, 0])
+        tally[0] += right
+        tally[1] += 1
+    return {g: {"accuracy": c / n, "pairs": n} for g, (c, n) in sorted(out.items())}
 
 
 def format_report(m: dict[str, Any]) -> str:
@@ -270,6 +285,11 @@ def format_report(m: dict[str, Any]) -> str:
     lines.append("confusion (rows gold, columns predicted): " + "  ".join(f"{n[:4]}" for n in LABELS))
     for name, row in zip(LABELS, m["confusion"], strict=True):
         lines.append(f"  {name:13}" + "".join(f"{v:8d}" for v in row))
+    if m["per_genre"]:
+        lines.append(
+            "accuracy by genre: "
+            + ", ".join(f"{g} {v['accuracy']:.4f} ({v['pairs']})" for g, v in m["per_genre"].items())
+        )
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from spinn.config import Config, build_model
 from spinn.data.batching import NLIDataset, collate_nli
 from spinn.data.snli import NLIExample
 from spinn.data.vocab import Vocab
-from spinn.evaluate import EvalResult, classification_report, evaluate
+from spinn.evaluate import EvalResult, Split, classification_report, evaluate, format_report, metrics
 from spinn.transitions import balanced
 
 
@@ -65,3 +65,25 @@ def test_eval_result_accuracy():
         torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]]), torch.tensor([0, 2]), ["a", "b"], 0.3
     )
     assert result.predictions.tolist() == [0, 1] and result.accuracy == 0.5
+
+
+def test_accuracy_by_genre_counts_each_pair_once(tmp_path):
+    """MultiNLI rows carry a genre: the report gives each genre's accuracy, and a row without one
+    counts as "none"."""
+    result = EvalResult(
+        probs=torch.eye(3)[[0, 1, 2, 0, 0, 1]],  # predicted 0 1 2 0 0 1
+        labels=torch.tensor([0, 1, 1, 0, 2, 1]),
+        pair_ids=[str(i) for i in range(6)],
+        loss=0.0,
+    )
+    split = Split(
+        dataset=None, path=tmp_path, no_gold=0, invalid=0, genres=["fic", "gov", "fic", None, "gov", "fic"]
+    )
+    m = metrics(result, split)
+    assert m["per_genre"] == {
+        "fic": {"accuracy": 2 / 3, "pairs": 3},
+        "gov": {"accuracy": 0.5, "pairs": 2},
+        "none": {"accuracy": 1.0, "pairs": 1},
+    }
+    assert "accuracy by genre: fic 0.6667 (3), gov 0.5000 (2), none 1.0000 (1)" in format_report(m)
+    assert metrics(result, Split(None, tmp_path, 0, 0))["per_genre"] is None
