@@ -583,7 +583,7 @@ def train(
                 consumed += 1
                 batch = batch.to(device)
                 with autocast:
-                    out = forward(batch)  # logits (B, 3)
+                    out = forward(batch)  # ClassifierOutput: logits (B, 3), transition loss
                     loss = model.loss(out, batch.labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

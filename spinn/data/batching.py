@@ -124,7 +124,7 @@ class NLIDataset(Dataset):
         lengths: (N,) long, max(premise words, hypothesis words) of each example, for bucketing.
     """
 
-    def __init__(self, examples: Sequence[NLIExample] | NLITable, vocab: Vocab):
+    def __init__(self, examples: Sequence[NLIExample] | NLITable, vocab: Vocab) -> None:
         table = examples if isinstance(examples, NLITable) else NLITable.from_examples(examples)
         to_vocab = np.array(vocab.encode(table.words), dtype=np.int64)
         self._sides = []
@@ -263,7 +263,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         pool_batches: int = 100,
-    ):
+    ) -> None:
         if batch_size < 1 or pool_batches < 1:
             raise SpinnError(f"batch_size and pool_batches must be >= 1, found {batch_size}, {pool_batches}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:

@@ -55,7 +55,7 @@ class GloveResult:
     vectors: torch.Tensor
     found: int
     total: int
-    found_mask: torch.Tensor | None = None
+    found_mask: torch.Tensor
 
     @property
     def coverage(self) -> float:

@@ -24,7 +24,7 @@ class Vocab:
     gives the same ids.
     """
 
-    def __init__(self, itos: Iterable[str]):
+    def __init__(self, itos: Iterable[str]) -> None:
         self.itos: list[str] = list(itos)
         if self.itos[:2] != [PAD, UNK]:
             raise SpinnError(f"a vocabulary starts with {PAD!r}, {UNK!r}; found {self.itos[:2]}")
@@ -43,7 +43,7 @@ class Vocab:
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, int], min_freq: int = 1) -> Vocab:
-        """Like `build`, from word counts already made (e.g. by `spinn.data.cache.NLITable.word_counts`)."""
+        """Like `build`, from word counts already made (e.g. `spinn.data.cache.NLITable.counts()`)."""
         if min_freq < 1:
             raise SpinnError(f"min_freq must be >= 1, found {min_freq}")
         kept = [w for w, c in counts.items() if c >= min_freq and w not in (PAD, UNK)]
