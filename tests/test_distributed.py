@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from nli_rows import first_rows
 
-from spinn import distributed
+from spinn import cli, distributed
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
 from spinn.data.snli import NLIExample
 from spinn.data.vocab import Vocab
@@ -203,7 +203,7 @@ def test_sharded_evaluation_equals_single_process(ranks, single):
 
 def test_single_process_helpers_are_identities():
     assert not distributed.is_distributed()
-    assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
+    assert (distributed.world_size(), distributed.rank(), cli.is_main_process()) == (1, 0, True)
     t = torch.arange(5.0)
     assert distributed.sum_over_ranks(t)[0] is t
     assert distributed.shard(5).tolist() == [0, 1, 2, 3, 4]
