@@ -75,6 +75,7 @@ FIXED_ON_RESUME = (
     "data.too_long",
     "train.seed",
     "train.batch_size",
+    "optim.name",
     "optim.ema_decay",
 )
 
@@ -163,8 +164,13 @@ def setup_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | Non
             )
             section, name = key.split(".", 1)
             merged[section][name] = kept[section][name]
+            if key == "data.train":  # relative to the checkpoint's data_dir, not the config's
+                merged["data"]["train"] = str(saved.data.path(saved.data.train))
     cfg = config_from_dict(merged, f"{run_dir}: resumed config")
-    cfg.train.out_dir = str(run_dir if run_dir.is_dir() else run_dir.parent)
+    out_dir = str(run_dir if run_dir.is_dir() else run_dir.parent)
+    if any(o.startswith("train.out_dir=") for o in args.set):
+        warnings.warn(f"train.out_dir: a resumed run stays in its folder, {out_dir}", stacklevel=2)
+    cfg.train.out_dir = out_dir
     validate(cfg)
     return cfg, ckpt
 
@@ -357,11 +363,20 @@ def restore(
     online = ckpt.get("online_model", ckpt["model"])
     check_weights_fit(model, online, "the checkpoint to resume from")
     model.load_state_dict(online)
+    # The states bring back the learning rate and weight decay they were saved with; the config's
+    # (which built these objects) apply from here on.
+    base_lrs, decays = list(scheduler.base_lrs), [g["weight_decay"] for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError) as err:
         raise SpinnError(f"the checkpoint's optimizer state does not fit the model: {err}") from None
     scheduler.load_state_dict(ckpt["scheduler"])
+    scheduler.base_lrs = base_lrs
+    for group, base, decay, lr_lambda in zip(
+        optimizer.param_groups, base_lrs, decays, scheduler.lr_lambdas, strict=True
+    ):
+        group.update(initial_lr=base, lr=base * lr_lambda(scheduler.last_epoch), weight_decay=decay)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr reads
     sampler.load_state_dict(distributed.sampler_state(ckpt["sampler"]))
     set_rng_state(ckpt["rng_ranks"][distributed.rank()] if "rng_ranks" in ckpt else ckpt["rng"])
     state = TrainState(**ckpt["state"])

@@ -171,6 +171,31 @@ def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, ca
     assert torch.load(run / "last.pt", weights_only=True)["config"]["model"]["d_hidden"] == 16
 
 
+def test_resume_takes_a_new_learning_rate_and_keeps_what_the_states_need(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    assert (
+        train_main([*args, "--set", f"train.out_dir={run}", "--set", "train.log_every=1", "--max-steps", "2"])
+        == 0
+    )
+    # Another data folder holding only a dev file: the training data stays the checkpoint's file.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dev = next(o.split("=", 1)[1] for o in tiny_data if o.startswith("data.data_dir="))
+    (elsewhere / "snli_1.0_dev.jsonl").write_bytes((Path(dev) / "snli_1.0_dev.jsonl").read_bytes())
+    resume = ["--resume", str(run), "--set", "optim.lr=1e-4", "--set", "optim.name=sgd"]
+    resume += ["--set", f"data.data_dir={elsewhere}", "--set", "data.train=nope.jsonl", "--max-steps", "4"]
+    assert train_main([*resume, "--set", f"train.out_dir={tmp_path / 'other'}"]) == 0
+    err = capsys.readouterr().err
+    assert "optim.name: the checkpoint has 'adam', the config 'sgd'; resuming with 'adam'" in err
+    assert f"train.out_dir: a resumed run stays in its folder, {run}" in err
+    lrs = [r["lr"] for r in _log(run, "train")]  # decayed by 0.75 ** (step / 100): within 2%
+    assert lrs == pytest.approx([2e-3, 2e-3, 1e-4, 1e-4], rel=0.02)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4, rel=0.02)
+    assert ckpt["config"]["data"]["train"] == str(Path(dev) / "snli_1.0_train_0.01.jsonl")
+
+
 def test_learning_curve_png_where_matplotlib_is_installed(tmp_path):
     log = tmp_path / "log.jsonl"
     records = [
