@@ -98,6 +98,20 @@ def test_an_unwritable_cache_folder_only_warns(source, tmp_path):
         assert len(load_nli(source, cache_dir=blocker / "sub", progress=False)) == 2
 
 
+def test_a_read_only_data_folder_gets_no_cache_even_from_root(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    source = folder / "d.jsonl"
+    source.write_text(json.dumps(ROWS[0]) + "\n")
+    folder.chmod(0o555)  # root's writes would succeed: the permission bits are what says no
+    try:
+        with pytest.warns(UserWarning, match="shared: read-only folder; continuing without a cache"):
+            assert len(load_nli(source, progress=False)) == 1
+        assert [p.name for p in folder.iterdir()] == ["d.jsonl"]
+    finally:
+        folder.chmod(0o755)
+
+
 def test_a_file_without_gold_rows_caches_an_empty_table(tmp_path):
     path = tmp_path / "e.jsonl"
     path.write_text(json.dumps(ROWS[1]) + "\n")

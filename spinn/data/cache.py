@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import stat
 import tempfile
 import warnings
 from collections import defaultdict
@@ -66,7 +67,11 @@ def load_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def save_cache(path: Path, key: dict[str, Any], payload: dict[str, Any]) -> bool:
-    """Write `payload` atomically; warn and return False where the folder cannot be written."""
+    """Write `payload` atomically; warn and return False where the folder cannot be written, or is
+    marked read-only (no write permission for anyone): root could write there, but should not."""
+    if path.parent.is_dir() and not stat.S_IMODE(path.parent.stat().st_mode) & 0o222:
+        warnings.warn(f"{path.parent}: read-only folder; continuing without a cache there", stacklevel=2)
+        return False
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
