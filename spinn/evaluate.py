@@ -106,10 +106,10 @@ def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITab
     if data.limit is None:
         table = load_nli(path, cache_dir=data.cache_dir, **options)
     else:
-        # A limited read is for smoke tests: parse the file and keep the first pairs, uncached.
-        nli = read_nli(path, **options)
+        # A limited read is for smoke tests: the first pairs, uncached.
+        nli = read_nli(path, limit=data.limit, **options)
         table = NLITable.from_examples(
-            nli.examples[: data.limit], no_gold=nli.no_gold, invalid=nli.invalid, too_long=nli.too_long
+            nli.examples, no_gold=nli.no_gold, invalid=nli.invalid, too_long=nli.too_long
         )
     if len(table) == 0:
         raise SpinnError(

@@ -150,3 +150,19 @@ def test_byte_range_reads_whole_lines_and_needs_plain_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text(TSV_HEADER + "\n")
     with pytest.raises(SpinnError, match="byte_range needs an uncompressed .jsonl"):
         read_nli(tmp_path / "a.txt", progress=False, byte_range=(0, 1))
+
+
+def test_limit_stops_reading_and_counts_only_the_rows_read(tmp_path):
+    rows = [row(pair_id="a"), row(label="-"), row(pair_id="b"), row(label="-"), row(label="-"), row()]
+    data = read_nli(write_jsonl(tmp_path / "d.jsonl", rows), progress=False, limit=2)
+    assert [e.pair_id for e in data.examples] == ["a", "b"] and data.no_gold == 1
+    with pytest.raises(SpinnError, match="limit must be >= 1"):
+        read_nli(tmp_path / "d.jsonl", limit=0)
+
+
+def test_an_error_while_reading_starts_on_a_line_of_its_own(tmp_path, capsys):
+    rows = [row()] * 3 + ['{"bad json']
+    with pytest.raises(SpinnError, match="d.jsonl:4: bad JSON") as err:
+        read_nli(write_jsonl(tmp_path / "d.jsonl", rows), progress=True)
+    assert capsys.readouterr().err.endswith("\n")  # the progress bar was closed before the error
+    del err

@@ -29,6 +29,7 @@ Checks beyond the parse itself (each failure names the file, line and field):
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import json
@@ -95,6 +96,7 @@ def read_nli(
     first_line: int = 1,
     max_length: int | None = None,
     too_long: str = "error",
+    limit: int | None = None,
 ) -> NLIData:
     """Read an SNLI/MultiNLI ``.jsonl`` or ``.txt`` file (optionally ``.gz``).
 
@@ -110,6 +112,8 @@ def read_nli(
         max_length: the most words a sentence may have; None: no limit.
         too_long: what to do with a pair over ``max_length``: ``"error"``, ``"skip"`` (counted in
             ``NLIData.too_long``) or ``"truncate"`` (also counted); see the module docstring.
+        limit: stop after this many pairs (the counts of left-out rows then cover the rows read);
+            None: read the whole file.
 
     Raises:
         SpinnError: the file is missing, empty, unreadable (a truncated ``.gz``) or of an unknown
@@ -128,12 +132,16 @@ def read_nli(
         raise SpinnError(f"max_length must be >= 1 word or None, found {max_length}")
     if too_long not in TOO_LONG_POLICIES:
         raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
+    if limit is not None and limit < 1:
+        raise SpinnError(f"limit must be >= 1 pair or None, found {limit}")
     lines = _lines(path, progress, byte_range or (0, None), first_line)
     rows = _jsonl_rows(path, lines) if suffix == ".jsonl" else _tsv_rows(path, lines)
 
     data = NLIData(path=path, examples=[])
-    with gc_paused():
-        _read_rows(rows, path, lowercase, skip_invalid, (max_length, too_long), data)
+    # Closing the lines closes the progress bar now, not when the generator is collected: an error
+    # raised while reading then starts on a line of its own.
+    with gc_paused(), contextlib.closing(lines):
+        _read_rows(rows, path, lowercase, skip_invalid, (max_length, too_long, limit), data)
     if byte_range is None and not (data.examples or data.no_gold or data.invalid or data.too_long):
         raise SpinnError(f"{path}: empty file, expected one sentence pair per line")
     if data.too_long:
@@ -184,11 +192,13 @@ def _read_rows(
     path: Path,
     lowercase: bool,
     skip_invalid: bool,
-    length_policy: tuple[int | None, str],
+    length_policy: tuple[int | None, str, int | None],
     data: NLIData,
 ) -> None:
-    max_length, too_long = length_policy
+    max_length, too_long, limit = length_policy
     for line_no, row in rows:
+        if len(data.examples) == limit:
+            return
         try:
             example = _example(row, path, line_no, lowercase)
             over = example is not None and max_length is not None and _over_length(example, max_length)
