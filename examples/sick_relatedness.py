@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinn import SPINN, Sentences, pad_sentences, parse_to_transitions
+from spinn import SPINN, Sentences, cli, pad_sentences, parse_to_transitions
 from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
+from spinn.errors import SpinnError
 
 Pair = tuple[list[str], list[int], list[str], list[int], float]
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("../shared/data"), help="holds sick/ and glove/")
     p.add_argument("--glove", default="glove/glove.840B.300d.sick_vocab.txt", help="relative to --data")
@@ -43,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many batches (smoke test)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    return p
 
 
 def read_sick(path: Path) -> list[Pair]:
@@ -142,8 +144,11 @@ def train(model: Relatedness, data: dict[str, list[Pair]], vocab: Vocab, args: a
     return model
 
 
-def main() -> None:
-    args = parse_args()
+def run(args: argparse.Namespace) -> int:
+    if not (args.data / "sick").is_dir():
+        raise SpinnError(
+            f"{args.data / 'sick'}: no such folder; pass --data the folder holding sick/ and glove/"
+        )
     torch.manual_seed(args.seed)
     data = {s: read_sick(args.data / "sick" / f"sick_{s}_binary.jsonl") for s in ("train", "dev", "test")}
     # Every split's words get their GloVe row; only the frozen vectors are shared, no labels.
@@ -158,7 +163,8 @@ def main() -> None:
     print(
         f"test: Pearson r {test['pearson']:.4f}  Spearman rho {test['spearman']:.4f}  MSE {test['mse']:.4f}"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(build_parser(), run))  # user errors as one line, exit status 2

@@ -17,6 +17,8 @@ from spinn.errors import SpinnError
 EXIT_USER_ERROR = 2
 #: Exit status after Ctrl-C, as a shell reports a process killed by SIGINT.
 EXIT_INTERRUPTED = 130
+#: Exit status when stdout's reader closed the pipe, as a shell reports a process killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 
 def run(
@@ -43,6 +45,11 @@ def run(
             raise
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of the output went away (`... | head`): stop quietly, and keep Python's exit
+        # flush from failing on the same pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def is_main_process() -> bool:

@@ -329,6 +329,8 @@ def test_mismatched_shapes_are_reported():
         model(words, transitions[:, :3], lengths)
     with pytest.raises(SpinnError, match="needs a Tracker"):
         SPINN(7, 5, None, predict_transitions=True)
+    with pytest.raises(SpinnError, match="d_tracker: expected a size >= 1 .* found 0"):
+        SPINN(7, 5, 0)
 
 
 @pytest.mark.parametrize(

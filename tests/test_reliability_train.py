@@ -187,6 +187,18 @@ def test_bad_checkpoints_are_refused_by_evaluate_and_predict(trained, tmp_path, 
     assert not marker.exists()
 
 
+def test_output_piped_into_head_stops_quietly(trained, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    line = json.dumps({"sentence1": "A man sleeps.", "sentence2": "A person rests."}) + "\n"
+    pairs.write_text(line * 3000)  # ~400 KB of output: more than a pipe holds
+    script = (
+        f"{sys.executable} scripts/predict.py --checkpoint {trained / 'best.pt'} --input {pairs} | head -1"
+    )
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert json.loads(proc.stdout)["label"] in ("entailment", "neutral", "contradiction")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
 def test_an_unknown_device_is_a_user_error(trained, capsys):
     for main, extra in ((evaluate_main, []), (predict_main, ["--premise", "a", "--hypothesis", "b"])):
         argv = ["--checkpoint", str(trained / "best.pt"), "--device", "gpu0", *extra]

@@ -222,7 +222,7 @@ class SPINN(nn.Module):
         predict_transitions: score transitions with a linear layer on the Tracker's state.
 
     Raises:
-        SpinnError: predict_transitions without a Tracker.
+        SpinnError: predict_transitions without a Tracker, or a size below 1.
     """
 
     def __init__(
@@ -235,6 +235,9 @@ class SPINN(nn.Module):
         super().__init__()
         if predict_transitions and d_tracker is None:
             raise SpinnError("predict_transitions=True needs a Tracker: set d_tracker (for example 64)")
+        for name, size in (("d_input", d_input), ("d_hidden", d_hidden), ("d_tracker", d_tracker)):
+            if size is not None and size < 1:
+                raise SpinnError(f"{name}: expected a size >= 1 (d_tracker None: no Tracker), found {size}")
         self.d_input = d_input
         self.d_hidden = d_hidden
         self.leaf = nn.Linear(d_input, 2 * d_hidden)
