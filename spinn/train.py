@@ -103,6 +103,8 @@ class TrainState:
     best_dev_acc: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
+    #: The step of the last dev evaluation: a resumed run that has none left to take does not repeat it.
+    evaluated_step: int | None = None
 
 
 @dataclass
@@ -514,6 +516,7 @@ def train(
             desc="dev",
         )
         model.train()
+        state.evaluated_step = state.step
         improved = state.best_dev_acc is None or result.accuracy > state.best_dev_acc
         if improved:
             state.best_dev_acc, state.best_step, state.evals_since_best = result.accuracy, state.step, 0
@@ -576,13 +579,15 @@ def train(
         0,
         time.perf_counter(),
     )
-    evaluated_at = None
     reason = None
-    # A run resumed from its final checkpoint (killed while summarising) has no step left to take.
+    # A run resumed from its final checkpoint (killed while summarising, or asked for fewer steps than
+    # it has taken) has no step left to take.
     if t.max_steps is not None and state.step >= t.max_steps:
         reason = "max_steps"
     elif t.epochs is not None and state.epoch >= t.epochs:
         reason = "epochs"
+    if reason is not None and main:
+        print(f"no training left: the run is at step {state.step}, epoch {state.epoch} ({reason} reached)")
     # The batches of the epoch taken so far: the sampler's own count runs ahead of it by what the
     # loader's workers have prefetched.
     consumed = sampler.start
@@ -645,7 +650,6 @@ def train(
                     examples, window_start = 0, time.perf_counter()
 
                 if state.step % t.eval_every == 0:
-                    evaluated_at = state.step
                     eval_start = time.perf_counter()
                     if evaluate_and_save():
                         reason = "early_stopping"
@@ -665,7 +669,7 @@ def train(
         if reason in INTERRUPTIONS:
             save_last()
             return reason
-        if evaluated_at != state.step:
+        if state.evaluated_step != state.step:
             evaluate_and_save()
     return reason
 

@@ -196,6 +196,16 @@ def test_resume_takes_a_new_learning_rate_and_keeps_what_the_states_need(tiny_da
     assert ckpt["config"]["data"]["train"] == str(Path(dev) / "snli_1.0_train_0.01.jsonl")
 
 
+def test_resuming_a_finished_run_trains_and_evaluates_nothing_more(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    assert train_main([*args, "--set", f"train.out_dir={run}", "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert train_main(["--resume", str(run), "--max-steps", "1"]) == 0
+    assert "no training left: the run is at step 2, epoch 0 (max_steps reached)" in capsys.readouterr().out
+    assert [r["step"] for r in _log(run, "dev")] == [2]
+
+
 def test_learning_curve_png_where_matplotlib_is_installed(tmp_path):
     log = tmp_path / "log.jsonl"
     records = [
