@@ -804,12 +804,13 @@ def run_train(args: argparse.Namespace) -> int:
     # The global batch must split evenly over the ranks: fail now, before reading the data.
     distributed.local_batch_size(cfg.train.batch_size)
     seed_everything(cfg.train.seed)
+    # Before reading the data: a refusal to start over an existing run comes at once.
+    run_dir = None if args.dry_run else setup_run_dir(cfg, resuming=ckpt is not None)
     data = setup_data(cfg, Vocab.from_dict(ckpt["vocab"]) if ckpt else None)
     model = setup_model(cfg, data, device)
-    if args.dry_run:
+    if run_dir is None:
         dry_run(cfg, data, model, device)
         return 0
-    run_dir = setup_run_dir(cfg, resuming=ckpt is not None)
     optimizer = setup_optimizer(cfg, model)
     scheduler = setup_scheduler(cfg, optimizer)
     sampler = setup_sampler(cfg, data)
@@ -847,6 +848,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if plot_learning_curve(run_dir / "log.jsonl", run_dir / "learning_curve.png"):
         print(f"learning curve: {run_dir / 'learning_curve.png'}")
+    else:
+        print("matplotlib is not installed: no learning_curve.png (pip install matplotlib)")
     test = summary["test"]
     print(
         f"done ({reason}) after {state.step} steps in {seconds / 60:.1f} min; "

@@ -140,12 +140,17 @@ def test_members_that_escape_are_rejected_before_anything_is_written(tmp_path, m
 
 def test_unreachable_address_and_bad_arguments(tmp_path):
     with pytest.raises(SpinnError, match="download failed"):
-        dl.download("snli", tmp_path, url="http://127.0.0.1:9/none.zip", checksum="md5:00", progress=False)
+        dl.download(
+            "snli", tmp_path, url="http://127.0.0.1:9/none.zip", checksum="md5:" + "0" * 32, progress=False
+        )
     assert not list(tmp_path.glob("*.part"))
     with pytest.raises(SpinnError, match="unknown resource 'snli2'"):
         dl.download("snli2", tmp_path)
-    with pytest.raises(SpinnError, match="expected 'sha256:<hex>'"):
-        dl.download("snli", tmp_path, checksum="crc:1")
+    for bad in ("crc:1", "sha256:zz", "md5:" + "0" * 31):  # refused before anything is fetched
+        with pytest.raises(
+            SpinnError, match=r"expected 'sha256:<hex>' or 'md5:<hex>' \(64 or 32 hex digits\)"
+        ):
+            dl.download("snli", tmp_path, checksum=bad)
 
 
 def test_script_reports_errors_with_status_2(served, tmp_path, capsys, monkeypatch):

@@ -18,6 +18,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import stat
 import urllib.error
@@ -203,8 +204,11 @@ def _completed(marker: Path, root: Path, expected: str | None) -> list[Path] | N
 
 def _split_checksum(checksum: str) -> tuple[str, str]:
     algo, _, value = checksum.partition(":")
-    if algo not in ("sha256", "md5") or not value:
-        raise SpinnError(f"checksum {checksum!r}: expected 'sha256:<hex>' or 'md5:<hex>'")
+    digits = {"sha256": 64, "md5": 32}.get(algo)
+    if digits is None or not re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", value):
+        raise SpinnError(
+            f"checksum {checksum!r}: expected 'sha256:<hex>' or 'md5:<hex>' (64 or 32 hex digits)"
+        )
     return algo, value.lower()
 
 
