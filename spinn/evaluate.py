@@ -350,6 +350,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"the run's config has no {args.split} split (data.{args.split} is null); use --data FILE"
         )
     name = Path(path.name.removesuffix(".gz")).stem if args.data else args.split
+    if args.transitions is not None:  # the two ways of reading a split do not overwrite each other
+        name += f"_{args.transitions}"
 
     # The run's splits are scored as the run scored them; any other file is scored whole.
     data = replace(cfg.data, limit=None) if args.data else cfg.data
