@@ -199,6 +199,20 @@ def test_output_piped_into_head_stops_quietly(trained, tmp_path):
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
+def test_evaluate_reads_a_full_spinn_both_ways_into_separate_files(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=1", "model.variant=spinn")])
+        == 0
+    )
+    for how in ("given", "predicted"):
+        argv = ["--checkpoint", str(run / "best.pt"), "--transitions", how, "--no-progress"]
+        assert evaluate_main(argv) == 0
+        m = json.loads((run / f"predictions_dev_{how}.metrics.json").read_text())
+        assert m["transitions"] == how and 0 <= m["parse_accuracy"] <= 1
+        assert len((run / f"predictions_dev_{how}.jsonl").read_text().splitlines()) == m["pairs"]
+
+
 def test_an_unknown_device_is_a_user_error(trained, capsys):
     for main, extra in ((evaluate_main, []), (predict_main, ["--premise", "a", "--hypothesis", "b"])):
         argv = ["--checkpoint", str(trained / "best.pt"), "--device", "gpu0", *extra]
