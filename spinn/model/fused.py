@@ -47,6 +47,7 @@ def encode_given(
     tracker_weight: Tensor | None,
     tracker_bias: Tensor | None,
     schedule: Schedule,
+    tracker_states: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Run SPINN over the given transitions.
 
@@ -56,10 +57,11 @@ def encode_given(
         tracker_weight, tracker_bias: the Tracker's (4 d_tracker, 3 D + d_tracker) and (4 d_tracker,), or
             None for SPINN-PI-NT, which is composed level by level.
         schedule: `build_schedule` of the batch, on the leaves' device.
+        tracker_states: also return the Tracker's states (what the full SPINN scores transitions from).
 
     Returns:
-        (B, D) the h of each sentence's root, and (T, B, d_tracker) the Tracker's h after each step,
-        0 after a sentence's last step (None without a Tracker).
+        (B, D) the h of each sentence's root, and with ``tracker_states`` (T, B, d_tracker) the
+        Tracker's h after each step, 0 after a sentence's last step (else None).
     """
     # One dtype throughout (the leaves', bf16 under autocast); the casts keep the weights' gradients.
     dtype = leaves.dtype
@@ -68,10 +70,12 @@ def encode_given(
     ]
     with torch.autocast(leaves.device.type, enabled=False):
         if _needs_grad(leaves, *weights):
-            root_h, tracker_h = _Encode.apply(leaves, *weights, schedule)
+            root_h, tracker_h = _Encode.apply(leaves, *weights, schedule, tracker_states)
         else:
-            root_h, tracker_h, _ = _forward(leaves, *weights, schedule, keep=False)
-    return root_h, (tracker_h if tracker_weight is not None else None)
+            root_h, tracker_h, _ = _forward(
+                leaves, *weights, schedule, keep=False, tracker_states=tracker_states
+            )
+    return root_h, (tracker_h if tracker_states else None)
 
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
@@ -263,9 +267,10 @@ def _reduce_ids(
     return sizes, list(zip(pairs.split([2 * m for m in sizes]), out.split(sizes), tracker_rows, strict=True))
 
 
-def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool):
+def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker_states: bool):
     """The loop. Returns the root h (B, D), the Tracker's h (T, B, d_tracker) in batch order (empty
-    without a Tracker) and, with ``keep``, what the backward reads (see `_Encode.backward`)."""
+    without a Tracker or ``tracker_states``) and, with ``keep``, what the backward reads (see
+    `_Encode.backward`)."""
     d = w_r.shape[0] // 5
     batch = schedule.batch_size
     tracked = w_t is not None
@@ -345,10 +350,10 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool):
         h_store.index_copy_(0, rows, h)
     root_h = h_store.index_select(0, schedule.root)
     saved = [c_store, x, e, act, tanh_c] if keep else []
-    if not tracked:
-        return root_h, leaves.new_zeros(0), saved
-    if keep:
+    if keep and tracked:
         saved += [leaves[:, :d], xt, act_t, h_t, c_t, tanh_ct]
+    if not (tracked and tracker_states):
+        return root_h, leaves.new_zeros(0), saved
     n_steps = len(active)
     tracker_h = h_t.new_zeros(n_steps * batch, dt).index_copy_(0, schedule.tracker_out, h_t[batch:])
     return root_h, tracker_h.view(n_steps, batch, dt), saved
@@ -356,8 +361,9 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool):
 
 class _Encode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, leaves, w_r, b_r, w_t, b_t, schedule: Schedule):
-        root_h, tracker_h, saved = _forward(leaves, w_r, b_r, w_t, b_t, schedule, keep=True)
+    def forward(ctx, leaves, w_r, b_r, w_t, b_t, schedule: Schedule, tracker_states: bool):
+        root_h, tracker_h, saved = _forward(leaves, w_r, b_r, w_t, b_t, schedule, True, tracker_states)
+        ctx.set_materialize_grads(False)  # no zeros made for the Tracker's states nobody reads
         ctx.schedule = schedule
         ctx.dims = (w_r.shape[0] // 5, 0 if w_t is None else w_t.shape[0] // 4)
         ctx.save_for_backward(w_r, w_t, *saved)
@@ -403,7 +409,8 @@ class _Encode(torch.autograd.Function):
         )
         g_h.zero_()
         g_c.zero_()
-        g_h.index_copy_(0, schedule.root, g_root.to(g_h.dtype))
+        if g_root is not None:
+            g_h.index_copy_(0, schedule.root, g_root.to(g_h.dtype))
         # The gradient of every REDUCE's gate pre-activations: the activations' derivatives, times (step
         # by step) the gradient of the activations, gathered in one step's scratch rows u.
         dz = _activation_grads(act, 5, 4, out=ws["dz"])
@@ -444,9 +451,12 @@ class _Encode(torch.autograd.Function):
             # Gradients of the Tracker's h, packed like its states; rows past a sentence's last step are
             # outputs fixed at 0, so their gradient stops there.
             g_ht, g_ct, u_t, g_xt = ws["g_ht"], ws["g_ct"], ws["u_t"], ws["g_xt"]
-            g_ht[:batch] = 0
-            g_tracker = g_tracker.reshape(-1, dt).to(g_h.dtype)
-            torch.index_select(g_tracker, 0, schedule.tracker_out, out=g_ht[batch:])
+            if g_tracker is None:
+                g_ht.zero_()
+            else:
+                g_ht[:batch] = 0
+                g_tracker = g_tracker.reshape(-1, dt).to(g_h.dtype)
+                torch.index_select(g_tracker, 0, schedule.tracker_out, out=g_ht[batch:])
             g_ct.zero_()  # of the running sentences' c, carried back a step at a time
             dz_t = _activation_grads(act_t, 4, 2, out=ws["dz_t"])
             d_tanh_ct = _one_minus_square(tanh_ct, out=ws["d_tanh_ct"])
@@ -535,4 +545,4 @@ class _Encode(torch.autograd.Function):
             )
             g_b_t = dz_t.sum(0)
         g_leaves = torch.cat((g_leaf_h, g_c.index_select(0, schedule.leaf_ids)), dim=1)
-        return g_leaves, g_w_r, g_b_r, g_w_t, g_b_t, None
+        return g_leaves, g_w_r, g_b_r, g_w_t, g_b_t, None, None

@@ -300,6 +300,7 @@ class SPINN(nn.Module):
             None if tracker is None else tracker.gates.weight,
             None if tracker is None else tracker.gates.bias,
             schedule,
+            tracker_states=self.transition_head is not None,
         )
         if self.transition_head is None:
             return SPINNOutput(h=h)
