@@ -275,7 +275,8 @@ class SPINN(nn.Module):
             `SPINNOutput`; the transition fields are None without ``predict_transitions``.
 
         Raises:
-            SpinnError: shapes that do not match each other or the model.
+            SpinnError: shapes that do not match each other or the model, or (when the model parses)
+                lengths outside 1..N.
             ParseError: transitions that do not build one tree per sentence.
         """
         batch, n_words = self._check_inputs(words, transitions, lengths)
