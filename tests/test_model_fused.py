@@ -61,3 +61,31 @@ def test_the_schedule_lists_only_real_words():
             shifted = sum(1 for a in seqs[b][:t] if a == 0)
             expected.append(1 + first_word[b] + shifted if shifted < lengths[b] else 0)
     assert schedule.tracker_buffer.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "variant, follow_predictions", [("spinn_pi", False), ("spinn_pi_nt", False), ("spinn", True)]
+)
+def test_buffers_kept_between_batches_change_no_result(variant, follow_predictions):
+    """Evaluation reuses one step's rows of its buffers, and their views, from batch to batch
+    (`_Scratch`): a batch gives the same result after a larger one made the pool grow, and a larger
+    one the same as from empty pools."""
+    from spinn.model.fused import _scratch
+
+    model = make_model(variant).eval()
+
+    def encode(lengths, seed):
+        words, transitions, lengths, _ = random_batch(lengths, 7, seed)
+        with torch.no_grad():
+            out = model(words, transitions, lengths, use_given_transitions=not follow_predictions)
+        return out.h, out.transition_logits
+
+    small, large = ([3, 5, 2], 0), ([9, 14, 1, 7, 12, 11, 4], 1)
+    first = encode(*small)
+    after_large = encode(*large)
+    again = encode(*small)
+    _scratch.pools.clear()
+    fresh_large = encode(*large)
+    for a, b in ((first, again), (after_large, fresh_large)):
+        for x, y in zip(a, b, strict=True):
+            assert (x is None and y is None) or torch.equal(x, y)

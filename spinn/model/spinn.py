@@ -29,7 +29,6 @@ How the batched stack is stored
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TypeVar
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.fused import _Cells, _needs_grad, _node_stores, _split, encode_given
+from spinn.model.fused import _Cells, _needs_grad, _node_stores, _scratch, _split, encode_given
 from spinn.model.schedule import (
     _REDUCE,
     _SHIFT,
@@ -453,29 +452,39 @@ class SPINN(nn.Module):
             # Row j of buffer_gates is for the j-th real word; packed maps a leaf's node id to its row.
             # Packed rows rather than one per node id: the table's fresh memory is slow to fault in.
             buffer_gates = cells.buffer_gates(leaves[:, :d])
-            state = leaves.new_zeros(2, 2, batch, dt)  # the Tracker's (h, c) before a step and after it
-            x_t, z_t, tanh_t, x_r, z_r, c_r, h_r, e_r, tanh_r = (
-                leaves.new_empty(batch, n) for n in (2 * d, 4 * dt, dt, 2 * d, 5 * d, d, d, dt, d)
-            )
-            cc_r = leaves.new_empty(batch, 2, d)  # the children's c
+            # One step's rows of the loop's buffers, and their views for each row count, kept between
+            # calls (`spinn.model.fused._Scratch`): slicing costs about a microsecond a view, as much
+            # as some of the kernels. h0, c0 and h1, c1: the Tracker's state before a step and after it
+            # (parities alternate); the state before the first step is zero.
+            pool = _scratch.pool(("parse", d, dt, dtype, device), batch)
+            widths = dict(h0=dt, c0=dt, h1=dt, c1=dt, x_t=2 * d, z_t=4 * dt, tanh_t=dt)
+            widths |= dict(x_r=2 * d, z_r=5 * d, c_r=d, h_r=d, e_r=dt, tanh_r=d)
+            buf = SimpleNamespace(**{name: pool.tensor(name, leaves, n) for name, n in widths.items()})
+            buf.cc_r = pool.tensor("cc_r", leaves, 2, d)  # the children's c
+            buf.h0[:batch] = 0
+            buf.c0[:batch] = 0
 
-            # A step's views of these buffers, made once per row count: slicing in the loop costs
-            # about a microsecond a view, as much as some of the kernels.
-            @functools.cache
             def tracker_rows(k: int, parity: int) -> SimpleNamespace:
-                h, c = state[parity, :, :k]  # the state before a step; the next step's is parity 1 - parity
-                x, z = x_t[:k], z_t[:k]
-                stack = x.view(2 * k, d)
-                return SimpleNamespace(x=x, stack=stack, z=z, gates=_split(z, 4), h=h, c=c, tanh_c=tanh_t[:k])
+                def make() -> SimpleNamespace:
+                    h, c = (buf.h0, buf.c0) if parity == 0 else (buf.h1, buf.c1)
+                    x, z = buf.x_t[:k], buf.z_t[:k]
+                    return SimpleNamespace(
+                        x=x, stack=x.view(2 * k, d), z=z, gates=_split(z, 4), h=h[:k], c=c[:k],
+                        tanh_c=buf.tanh_t[:k],
+                    )  # fmt: skip
 
-            @functools.cache
+                return pool.cached(("tracker", k, parity), make)
+
             def reduce_rows(m: int) -> SimpleNamespace:
-                x, z, cc = x_r[:m], z_r[:m], cc_r[:m]
-                return SimpleNamespace(
-                    x=x, children_h=x.view(2 * m, d), z=z, gates=_split(z, 5), tracking=e_r[:m],
-                    children_c=cc.view(2 * m, d), c_left=cc[:, 0], c_right=cc[:, 1],
-                    c=c_r[:m], h=h_r[:m], tanh_c=tanh_r[:m],
-                )  # fmt: skip
+                def make() -> SimpleNamespace:
+                    x, z, cc = buf.x_r[:m], buf.z_r[:m], buf.cc_r[:m]
+                    return SimpleNamespace(
+                        x=x, children_h=x.view(2 * m, d), z=z, gates=_split(z, 5), tracking=buf.e_r[:m],
+                        children_c=cc.view(2 * m, d), c_left=cc[:, 0], c_right=cc[:, 1],
+                        c=buf.c_r[:m], h=buf.h_r[:m], tanh_c=buf.tanh_r[:m],
+                    )  # fmt: skip
+
+                return pool.cached(("reduce", m), make)
 
             logits = b_p.expand(n_steps, batch, 2).clone()  # a zero state's scores past the last step
             step_logits = logits.unbind(0)
