@@ -90,7 +90,9 @@ class VocabConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture; the keyword arguments of `spinn.model.classifier.NLIClassifier`."""
+    """Architecture; the keyword arguments of `spinn.model.classifier.NLIClassifier` (the defaults here
+    are the paper's SPINN-PI and differ from the classifier's own in d_tracker, mlp_layers and
+    batch_norm)."""
 
     #: spinn_pi_nt: no Tracker; spinn_pi: Tracker, given parses; spinn: the Tracker predicts transitions.
     variant: Variant = "spinn_pi"
@@ -102,7 +104,7 @@ class ModelConfig:
     d_tracker: int | None = 61
     mlp_layers: int = 2
     mlp_dim: int = 1024
-    #: Dropout on the projected word vectors and in the MLP.
+    #: Dropout on the word embeddings (before their projection) and in the MLP.
     dropout: float = 0.1
     batch_norm: bool = False
     #: Keep the pretrained word vectors fixed (the paper); a learned projection adapts them.

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="predicted",
         help="full SPINN only: parse with its own predicted transitions (default), or follow given parses",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="pairs per batch (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     return parser
 

@@ -248,7 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         "what is already extracted and verified.",
         epilog="example: python scripts/download.py snli glove.840B.300d --root data",
     )
-    p.add_argument("names", nargs="+", choices=sorted(RESOURCES), metavar="NAME", help="what to fetch")
+    p.add_argument(
+        "names",
+        nargs="+",
+        choices=sorted(RESOURCES),
+        metavar="NAME",
+        help=f"one or more of {', '.join(RESOURCES)}",
+    )
     p.add_argument("--root", default="data", help="folder to extract into (default: data)")
     p.add_argument("--base-url", help="fetch <base-url>/<archive name> instead of the official address")
     p.add_argument("--checksum", help="'sha256:<hex>' or 'md5:<hex>' for a single NAME; overrides the table")
