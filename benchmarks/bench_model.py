@@ -30,7 +30,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,14 +126,16 @@ def step_fns(model, batches: list[NLIBatch], setup: Setup) -> tuple[Callable[[],
 
 
 def side_by_side(
-    fns: dict[str, Callable[[], float | None]], reps: int, warm_up: bool = True
+    fns: dict[str, Callable[[], float | None]], reps: int, warm_up: Sequence[str] | None = None
 ) -> dict[str, float]:
-    """Median seconds of each fn after one warm-up call, alternating the fns within each repetition.
+    """Median seconds of each fn after one warm-up call (of those named in ``warm_up``; None: all),
+    alternating the fns within each repetition.
 
     A fn that returns a number reports its own seconds (the ceiling probes); the others are timed.
     """
-    for fn in fns.values() if warm_up else ():
-        fn()
+    for name, fn in fns.items():
+        if warm_up is None or name in warm_up:
+            fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
@@ -263,8 +265,8 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
         for variant in args.variants:
             model = make_model(vocab_size, d, variant).to(setup.device)
             ref = reference_for(model).to(setup.device)
-            if setup.compile:
-                model = torch.compile(model, dynamic=True)
+            # The compiled handle runs the model; the weights are copied through the model itself.
+            ours = torch.compile(model, dynamic=True) if setup.compile else model
             for bs in args.batch_sizes:
                 n_batches = setup.n_batches or default_batches(bs, args.quick)
                 batches = [b.to(setup.device) for b in real_batches(dataset, bs, n_batches)]
@@ -273,11 +275,14 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                 model.eval(), ref.eval()
                 with torch.no_grad():
                     diff = (model(batches[0]).logits - ref(batches[0])[0]).abs().max().item()
-                ours_train, ours_eval = step_fns(model, batches, setup)
+                ours_train, ours_eval = step_fns(ours, batches, setup)
                 ref_train, ref_eval = step_fns(ref, batches, setup)
                 dt = None if variant == "spinn_pi_nt" else SIZES[d]
                 macs, probe_train = ceiling_probe(batches, d, dt, variant == "spinn", True, setup)
                 _, probe_eval = ceiling_probe(batches, d, dt, variant == "spinn", False, setup)
+                # From batch 512 the reference trains for tens of seconds a batch: it runs once, cold
+                # (ours and the probes still get their warm-up: a GPU's first calls set it up).
+                big = bs >= 512
                 secs = side_by_side(
                     {
                         "ours_train": ours_train,
@@ -287,7 +292,8 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                         "ref_eval": ref_eval,
                         "ceil_eval": probe_eval,
                     },
-                    *((1, False) if bs >= 512 and setup.n_batches is None else (setup.reps, True)),
+                    1 if big else setup.reps,
+                    ("ours_train", "ceil_train", "ours_eval", "ceil_eval") if big else None,
                 )
                 pairs = bs * len(batches)
                 ceil_train, ceil_eval = pairs / secs["ceil_train"], pairs / secs["ceil_eval"]
@@ -297,8 +303,9 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                     "batch": bs,
                     "macs_per_pair_fwd": macs / 3,
                     "max_logit_diff": diff,
-                    "ours_mem_mb": memory_mb(model, batches[0], setup),
-                    "ref_mem_mb": memory_mb(ref, batches[0], setup),
+                    "ours_mem_mb": memory_mb(ours, batches[0], setup),
+                    # One more training batch of the reference is another tens of seconds from 512 on.
+                    "ref_mem_mb": None if big else memory_mb(ref, batches[0], setup),
                 }
                 for mode, ceil in (("train", ceil_train), ("eval", ceil_eval)):
                     ours, theirs = pairs / secs[f"ours_{mode}"], pairs / secs[f"ref_{mode}"]
@@ -364,6 +371,7 @@ def per_token(vocab_size, args, setup: Setup, rows: list[dict], save: Callable[[
 
 
 def format_row(r: dict) -> str:
+    ref_mb = "-" if r["ref_mem_mb"] is None else f"{r['ref_mem_mb']:.1f}"
     return (
         f"| {r['variant']:<11} | {r['d_hidden']:3d} | {r['batch']:4d} "
         f"| {r['train_ours']:7.0f} | {r['train_ref']:7.0f} | {r['train_ratio']:5.2f}x "
@@ -371,7 +379,7 @@ def format_row(r: dict) -> str:
         f"| {100 * r['train_ours_of_ceiling']:3.0f}% / {100 * r['train_ref_of_ceiling']:3.0f}% "
         f"| {r['eval_ours']:7.0f} | {r['eval_ref']:7.0f} | {r['eval_ratio']:5.2f}x "
         f"| {100 * r['eval_ours_of_ceiling']:3.0f}% / {100 * r['eval_ref_of_ceiling']:3.0f}% "
-        f"| {r['ours_mem_mb']:6.1f} / {r['ref_mem_mb']:6.1f} | {r['max_logit_diff']:.0e} |"
+        f"| {r['ours_mem_mb']:6.1f} / {ref_mb:>6} | {r['max_logit_diff']:.0e} |"
     )
 
 
@@ -436,8 +444,11 @@ def main() -> None:
     }
 
     def save() -> None:
-        # After every row: a run cut short (a time limit on a borrowed GPU) keeps what it measured.
-        args.json.write_text(json.dumps(result, indent=1))
+        # After every row, whole or not at all: a run cut short (a time limit on a borrowed GPU) keeps
+        # what it measured.
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.json)
 
     dataset, vocab_size = load_pairs(args.data)
     print("pairs/s (median of", setup.reps, "repetitions after a warm-up);", "% of the arithmetic ceiling")

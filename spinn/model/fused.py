@@ -12,8 +12,9 @@ whole loop -- Tracker steps and REDUCEs -- is one `torch.autograd.Function`:
 * every view the loop uses -- a step's rows of a buffer, its gates, its ids -- is made before the loop
   in bulk (`_StepRows`), and the Tracker's states are packed so that a step's previous state is a
   prefix of the last step's rows (`_TrackerRows`): the loop body is the kernels and nothing else;
-* tanh(z) is computed as 2 sigmoid(2 z) - 1 (torch's CPU tanh is several times slower than its
-  sigmoid), the factor 2 folded into the weights of the tanh gate, so one sigmoid covers all gates;
+* the candidate gate's tanh(z) is computed as 2 sigmoid(2 z) - 1, the factor 2 folded into its
+  weights, so one sigmoid covers all gates; tanh(c) too for float32 on the CPU, whose tanh kernel is
+  several times slower than its sigmoid (`_Cells.tanh`);
 * the backward walks the steps in reverse with gradient stores of the same layout, taken from memory
   kept between calls on the CPU (`_Workspace`), and computes the weight gradients at the end with one
   matmul over all steps instead of one per step (the per-step shapes are small, the single one runs
@@ -42,6 +43,9 @@ from torch import Tensor
 from spinn.model.schedule import Schedule
 
 
+# torch.compile would trace the step loop for each batch shape (it unrolls over the steps): it runs
+# as it is, and a compiled model compiles what surrounds it (embeddings, MLP, loss).
+@torch.compiler.disable
 def encode_given(
     leaves: Tensor,
     reduce_weight: Tensor,
@@ -90,13 +94,6 @@ def _split(x: Tensor, n: int) -> tuple[Tensor, ...]:
     return x.split(x.shape[-1] // n, dim=-1)
 
 
-def _tanh(x: Tensor, out: Tensor, two: Tensor, one: Tensor) -> Tensor:
-    """tanh(x) into out as 2 sigmoid(2 x) - 1: torch's CPU tanh kernel is several times slower than its
-    sigmoid, and the two agree to float32 rounding. The constants are 0-dim tensors: an in-place op
-    with a Python number costs twice as much on the CPU."""
-    return torch.mul(x, two, out=out).sigmoid_().mul_(two).sub_(one)
-
-
 def _double_gate(w: Tensor, n_gates: int, gate: int) -> Tensor:
     """w (or a bias) with the rows of one gate doubled, so that one sigmoid over all the gates gives
     sigmoid(2 z) for that gate, and tanh(z) = 2 sigmoid(2 z) - 1 needs no separate kernel."""
@@ -131,6 +128,9 @@ class _Cells:
     def __init__(self, w_r: Tensor, b_r: Tensor, w_t: Tensor | None, b_t: Tensor | None) -> None:
         d = w_r.shape[0] // 5
         self.two, self.one = w_r.new_full((), 2.0), w_r.new_full((), 1.0)  # filled on the device
+        # torch's float32 tanh on the CPU is several times slower than its sigmoid; elsewhere (a GPU,
+        # bf16) its kernel is one launch instead of four, and the more accurate near 0 in bf16.
+        self.sigmoid_tanh = w_r.device.type == "cpu" and w_r.dtype == torch.float32
         self.reduce_bias = _double_gate(b_r, 5, 4)
         self.reduce_children, self.reduce_tracker = (w.t() for w in _reduce_blocks(_double_gate(w_r, 5, 4)))
         if w_t is not None:
@@ -138,6 +138,14 @@ class _Cells:
             self.tracker_buffer, self.tracker_stack, self.tracker_hidden = (
                 w.t() for w in _tracker_blocks(_double_gate(w_t, 4, 2), d)
             )
+
+    def tanh(self, x: Tensor, out: Tensor) -> Tensor:
+        """tanh(x) into out: torch's kernel, or for float32 on the CPU 2 sigmoid(2 x) - 1 (equal to
+        float32 rounding; the constants are 0-dim tensors: an in-place op with a Python number costs
+        twice as much on the CPU)."""
+        if not self.sigmoid_tanh:
+            return torch.tanh(x, out=out)
+        return torch.mul(x, self.two, out=out).sigmoid_().mul_(self.two).sub_(self.one)
 
     def buffer_gates(self, leaf_h: Tensor) -> Tensor:
         """(1 + W, 4 d_tracker) the buffer top's share of the Tracker's gates and their bias, for every
@@ -154,7 +162,7 @@ class _Cells:
         z.sigmoid_()
         g.mul_(self.two).sub_(self.one)  # tanh
         torch.mul(i, g, out=c_new).addcmul_(f, c_prev)
-        torch.mul(o, _tanh(c_new, tanh_c, self.two, self.one), out=h_new)
+        torch.mul(o, self.tanh(c_new, tanh_c), out=h_new)
 
     def reduce(
         self, z: Tensor, gates, c_left: Tensor, c_right: Tensor, c_new: Tensor, h_new: Tensor, tanh_c: Tensor
@@ -165,7 +173,7 @@ class _Cells:
         z.sigmoid_()
         g.mul_(self.two).sub_(self.one)  # tanh
         torch.mul(i, g, out=c_new).addcmul_(f_left, c_left).addcmul_(f_right, c_right)
-        torch.mul(o, _tanh(c_new, tanh_c, self.two, self.one), out=h_new)
+        torch.mul(o, self.tanh(c_new, tanh_c), out=h_new)
 
 
 def _node_stores(leaves: Tensor, n_rows: int, leaf_ids: Tensor) -> tuple[Tensor, Tensor]:

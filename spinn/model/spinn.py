@@ -344,6 +344,7 @@ class SPINN(nn.Module):
         """(B, 3 D): h of the buffer top, stack top and second item, from ids (B * 3,)."""
         return store.read(ids).view(batch, 3, 2 * self.d_hidden)[:, :, : self.d_hidden].reshape(batch, -1)
 
+    @torch.compiler.disable  # a host round trip every step: nothing for torch.compile to capture
     def _follow_predictions(
         self, words: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
     ) -> SPINNOutput:
