@@ -586,6 +586,8 @@ def train(
         reason = "max_steps"
     elif t.epochs is not None and state.epoch >= t.epochs:
         reason = "epochs"
+    elif t.patience is not None and state.evals_since_best >= t.patience:
+        reason = "early_stopping"
     if reason is not None and main:
         print(f"no training left: the run is at step {state.step}, epoch {state.epoch} ({reason} reached)")
     # The batches of the epoch taken so far: the sampler's own count runs ahead of it by what the
@@ -801,8 +803,15 @@ def run_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     device = distributed.setup(cli.resolve_device(cfg.train.device))
+    if ckpt:  # another process count is refused as such, before its batch size could be questioned
+        distributed.sampler_state(ckpt["sampler"])
     # The global batch must split evenly over the ranks: fail now, before reading the data.
-    distributed.local_batch_size(cfg.train.batch_size)
+    local = distributed.local_batch_size(cfg.train.batch_size)
+    if cfg.model.batch_norm and local < 2:
+        raise SpinnError(
+            f"train.batch_size {cfg.train.batch_size} gives {local} pair per process and batch norm "
+            f"(model.batch_norm) cannot train on one: use at least {2 * distributed.world_size()}"
+        )
     seed_everything(cfg.train.seed)
     # Before reading the data: a refusal to start over an existing run comes at once.
     run_dir = None if args.dry_run else setup_run_dir(cfg, resuming=ckpt is not None)
@@ -818,9 +827,10 @@ def run_train(args: argparse.Namespace) -> int:
     state = restore(ckpt, model, optimizer, scheduler, sampler, averaged) if ckpt else TrainState()
     if ckpt is None and distributed.world_size() > 1:
         torch.manual_seed(cfg.train.seed + distributed.rank())  # each rank its own dropout masks
-    if cli.is_main_process() and ckpt is None:
-        save_config(cfg, run_dir / "config.yaml")
-        data.vocab.save(run_dir / "vocab.json")
+    if cli.is_main_process():
+        save_config(cfg, run_dir / "config.yaml")  # a resume's resolved config (max_steps, lr, ...)
+        if ckpt is None:
+            data.vocab.save(run_dir / "vocab.json")
     log = setup_log(cfg, run_dir, state.step if ckpt else None)
     if ckpt:
         print(f"resuming {run_dir} at step {state.step} (epoch {state.epoch})")

@@ -213,6 +213,18 @@ def test_evaluate_reads_a_full_spinn_both_ways_into_separate_files(tiny_data, tm
         assert len((run / f"predictions_dev_{how}.jsonl").read_text().splitlines()) == m["pairs"]
 
 
+def test_a_batch_of_one_pair_with_batch_norm_is_refused_before_anything_runs(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    message = user_error(
+        train_main, [*tiny_data, *sets(f"train.out_dir={run}", "train.batch_size=1")], capsys
+    )
+    assert message == (
+        "error: train.batch_size 1 gives 1 pair per process and batch norm (model.batch_norm) cannot train "
+        "on one: use at least 2"
+    )
+    assert not run.exists()
+
+
 def test_an_unknown_device_is_a_user_error(trained, capsys):
     for main, extra in ((evaluate_main, []), (predict_main, ["--premise", "a", "--hypothesis", "b"])):
         argv = ["--checkpoint", str(trained / "best.pt"), "--device", "gpu0", *extra]

@@ -193,6 +193,7 @@ def test_resume_takes_a_new_learning_rate_and_keeps_what_the_states_need(tiny_da
     assert lrs == pytest.approx([2e-3, 2e-3, 1e-4, 1e-4], rel=0.02)
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4, rel=0.02)
+    assert "lr: 0.0001" in (run / "config.yaml").read_text()  # the resolved config of the resume
     assert ckpt["config"]["data"]["train"] == str(Path(dev) / "snli_1.0_train_0.01.jsonl")
 
 
@@ -204,6 +205,18 @@ def test_resuming_a_finished_run_trains_and_evaluates_nothing_more(tiny_data, tm
     assert train_main(["--resume", str(run), "--max-steps", "1"]) == 0
     assert "no training left: the run is at step 2, epoch 0 (max_steps reached)" in capsys.readouterr().out
     assert [r["step"] for r in _log(run, "dev")] == [2]
+
+
+def test_resuming_an_early_stopped_run_trains_nothing_more(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    args += ["--set", f"train.out_dir={run}", "--set", "train.eval_every=1", "--set", "train.patience=1"]
+    assert train_main([*args, "--max-steps", "40", "--set", "optim.ema_decay=null"]) == 0
+    steps = [r["step"] for r in _log(run, "dev")]
+    assert "done (early_stopping)" in capsys.readouterr().out and steps[-1] < 40
+    assert train_main(["--resume", str(run), "--set", "train.progress=false"]) == 0
+    assert "(early_stopping reached)" in capsys.readouterr().out
+    assert [r["step"] for r in _log(run, "dev")] == steps
 
 
 def test_learning_curve_png_where_matplotlib_is_installed(tmp_path):
