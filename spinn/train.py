@@ -803,7 +803,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     device = distributed.setup(cli.resolve_device(cfg.train.device))
-    if ckpt:  # another process count is refused as such, before its batch size could be questioned
+    if ckpt and "sampler" in ckpt:  # another process count is refused as such, not by its batch size
         distributed.sampler_state(ckpt["sampler"])
     # The global batch must split evenly over the ranks: fail now, before reading the data.
     local = distributed.local_batch_size(cfg.train.batch_size)
