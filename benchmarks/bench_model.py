@@ -4,7 +4,7 @@
 
 Everything is measured in one run, side by side (ours and the reference alternate within each
 repetition, so a change in the machine's load hits both), as medians over repetitions after a warm-up
-(at batch 512 by default one timed run without a warm-up: the reference needs ~30 s per training batch
+(from batch 512 the reference runs once, cold, without a memory pass: it needs ~30 s per training batch
 there, and the default run has to fit in about 10 minutes on 2 cores):
 
 * training (forward + backward + RMSprop step of the NLI classifier) and evaluation (forward, no grad)
@@ -54,6 +54,8 @@ from reference_spinn import load_from_classifier, reference_for  # noqa: E402
 SIZES = {300: 64, 100: 64}  # d_hidden: d_tracker
 D_EMBED = 300
 MLP_DIM = 1024
+#: From this batch size the reference runs once, cold, and its memory is not measured.
+COLD_FROM = 512
 
 
 @dataclass
@@ -254,7 +256,7 @@ def ceiling_probe(batches, d, dt, predict, train, setup: Setup) -> tuple[float, 
 def default_batches(batch_size: int, quick: bool) -> int:
     """Batches per repetition: more at small sizes, where one batch's sentence lengths would otherwise
     set the ratio (a batch of 32 takes ~0.1 s), one at 512 (the reference needs ~30 s per batch)."""
-    if quick or batch_size >= 512:
+    if quick or batch_size >= COLD_FROM:
         return 1
     return 4 if batch_size <= 32 else 2
 
@@ -266,7 +268,7 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
             model = make_model(vocab_size, d, variant).to(setup.device)
             ref = reference_for(model).to(setup.device)
             # The compiled handle runs the model; the weights are copied through the model itself.
-            ours = torch.compile(model, dynamic=True) if setup.compile else model
+            runner = torch.compile(model, dynamic=True) if setup.compile else model
             for bs in args.batch_sizes:
                 n_batches = setup.n_batches or default_batches(bs, args.quick)
                 batches = [b.to(setup.device) for b in real_batches(dataset, bs, n_batches)]
@@ -275,14 +277,14 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                 model.eval(), ref.eval()
                 with torch.no_grad():
                     diff = (model(batches[0]).logits - ref(batches[0])[0]).abs().max().item()
-                ours_train, ours_eval = step_fns(ours, batches, setup)
+                ours_train, ours_eval = step_fns(runner, batches, setup)
                 ref_train, ref_eval = step_fns(ref, batches, setup)
                 dt = None if variant == "spinn_pi_nt" else SIZES[d]
                 macs, probe_train = ceiling_probe(batches, d, dt, variant == "spinn", True, setup)
                 _, probe_eval = ceiling_probe(batches, d, dt, variant == "spinn", False, setup)
                 # From batch 512 the reference trains for tens of seconds a batch: it runs once, cold
                 # (ours and the probes still get their warm-up: a GPU's first calls set it up).
-                big = bs >= 512
+                big = bs >= COLD_FROM
                 secs = side_by_side(
                     {
                         "ours_train": ours_train,
@@ -303,7 +305,7 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                     "batch": bs,
                     "macs_per_pair_fwd": macs / 3,
                     "max_logit_diff": diff,
-                    "ours_mem_mb": memory_mb(ours, batches[0], setup),
+                    "ours_mem_mb": memory_mb(runner, batches[0], setup),
                     # One more training batch of the reference is another tens of seconds from 512 on.
                     "ref_mem_mb": None if big else memory_mb(ref, batches[0], setup),
                 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,28 @@ def test_a_training_step_needs_no_host_round_trip(snli, variant, monkeypatch):
     finally:
         if torch.cuda.is_available():
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_benchmark_runs_end_to_end_at_tiny_sizes(data_dir, tmp_path, monkeypatch):
+    """bench_model.py as gpu.sh runs it (--n-batches 1, two batch sizes, the larger one cold), on the CPU
+    with a tiny model: every row is measured, saved and sane."""
+    spec = importlib.util.spec_from_file_location("bench_model", _PATH.with_name("bench_model.py"))
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_model", bench)  # its dataclass looks its module up there
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "SIZES", {8: 4, 300: 64})  # 300: the time-per-token model
+    monkeypatch.setattr(bench, "COLD_FROM", 8)
+    out = tmp_path / "b.json"
+    argv = ["--data", str(data_dir), "--d-hidden", "8", "--batch-sizes", "4", "8", "--n-batches", "1"]
+    argv += ["--reps", "1", "--token-batch", "2", "--variants", "spinn_pi_nt", "spinn", "--json", str(out)]
+    monkeypatch.setattr("sys.argv", ["bench_model.py", *argv])
+    bench.main()
+    result = json.loads(out.read_text())
+    rows = result["throughput"]
+    assert [(r["variant"], r["batch"]) for r in rows] == [
+        (v, b) for v in ("spinn_pi_nt", "spinn") for b in (4, 8)
+    ]
+    for r in rows:
+        assert r["max_logit_diff"] < 1e-5 and r["train_ratio"] > 0 and r["eval_ceiling"] > 0
+        assert (r["ref_mem_mb"] is None) == (r["batch"] >= 8)  # the cold size skips the reference's
+    assert [p["words"] for p in result["per_token"]] == [10, 20, 40, 80]
