@@ -109,7 +109,11 @@ def test_the_benchmark_runs_end_to_end_at_tiny_sizes(data_dir, tmp_path, monkeyp
     argv = ["--data", str(data_dir), "--d-hidden", "8", "--batch-sizes", "4", "8", "--n-batches", "1"]
     argv += ["--reps", "1", "--token-batch", "2", "--variants", "spinn_pi_nt", "spinn", "--json", str(out)]
     monkeypatch.setattr("sys.argv", ["bench_model.py", *argv])
-    bench.main()
+    threads = torch.get_num_threads()
+    try:
+        bench.main()
+    finally:  # it sets one thread; later tests compare in-process runs with runs in fresh processes
+        torch.set_num_threads(threads)
     result = json.loads(out.read_text())
     rows = result["throughput"]
     assert [(r["variant"], r["batch"]) for r in rows] == [
