@@ -129,7 +129,7 @@ class _Cells:
         d = w_r.shape[0] // 5
         self.two, self.one = w_r.new_full((), 2.0), w_r.new_full((), 1.0)  # filled on the device
         # torch's float32 tanh on the CPU is several times slower than its sigmoid; elsewhere (a GPU,
-        # bf16) its kernel is one launch instead of four, and the more accurate near 0 in bf16.
+        # bf16) its kernel is one launch instead of four, and more accurate near 0 in bf16.
         self.sigmoid_tanh = w_r.device.type == "cpu" and w_r.dtype == torch.float32
         self.reduce_bias = _double_gate(b_r, 5, 4)
         self.reduce_children, self.reduce_tracker = (w.t() for w in _reduce_blocks(_double_gate(w_r, 5, 4)))
