@@ -26,7 +26,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,9 @@ class TrainState:
     evals_since_best: int = 0
     #: The step of the last dev evaluation: a resumed run that has none left to take does not repeat it.
     evaluated_step: int | None = None
+    #: This rank's train loss sum, correct predictions and pairs since the last log line, so that the
+    #: first line after a resume covers the same steps as without the interruption.
+    log_window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0])
 
 
 @dataclass
@@ -382,6 +385,8 @@ def restore(
     sampler.load_state_dict(distributed.sampler_state(ckpt["sampler"]))
     set_rng_state(ckpt["rng_ranks"][distributed.rank()] if "rng_ranks" in ckpt else ckpt["rng"])
     state = TrainState(**ckpt["state"])
+    if "log_window_ranks" in ckpt:
+        state.log_window = ckpt["log_window_ranks"][distributed.rank()]
     if averaged is not None:
         averaged.module.load_state_dict(ckpt["model"])
         averaged.n_averaged.fill_(state.step)  # one update per step; 0 would restart it from a copy
@@ -399,12 +404,14 @@ def checkpoint_state(
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
     sampler: dict[str, Any] | None = None,
     rng_ranks: list[dict[str, Any]] | None = None,
+    log_windows: list[list[float]] | None = None,
     averaged: AveragedModel | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given.
 
     `sampler`: the training sampler's `state_dict` at the batches the loop has consumed.
-    `rng_ranks`: every rank's `rng_state` in a distributed run (ckpt["rng"] is rank 0's).
+    `rng_ranks`, `log_windows`: every rank's `rng_state` and `TrainState.log_window` in a distributed
+    run (ckpt["rng"] and ckpt["state"] hold rank 0's).
     `averaged`: the moving average of the weights, saved as "model" (what evaluation and prediction
     load); a training checkpoint then keeps the optimiser's weights as "online_model".
     """
@@ -427,6 +434,8 @@ def checkpoint_state(
         )
         if rng_ranks is not None and len(rng_ranks) > 1:
             ckpt["rng_ranks"] = rng_ranks
+        if log_windows is not None and len(log_windows) > 1:
+            ckpt["log_window_ranks"] = log_windows
         if averaged is not None:
             ckpt["online_model"] = model.state_dict()
     return ckpt
@@ -549,8 +558,10 @@ def train(
         return t.patience is not None and state.evals_since_best >= t.patience
 
     def save_last() -> None:
-        """Every rank calls it: it gathers each rank's random state, for an exact resume."""
+        """Every rank calls it: it gathers each rank's random state and log window, for an exact resume."""
+        state.log_window = [float(loss_sum), float(correct), examples]
         rng_ranks = distributed.gather_to_main(rng_state())
+        log_windows = distributed.gather_to_main(state.log_window)
         if main:
             save_checkpoint(
                 checkpoint_state(
@@ -563,6 +574,7 @@ def train(
                     scheduler=scheduler,
                     sampler=sampler.state_dict(batches_consumed=consumed),
                     rng_ranks=rng_ranks,
+                    log_windows=log_windows,
                     averaged=averaged,
                 ),
                 run_dir / "last.pt",
@@ -573,10 +585,11 @@ def train(
         return position["epoch"] + position["batches_consumed"] / max(steps_per_epoch, 1)
 
     # Sums over the steps since the last log line; tensors so that a GPU is not synced every step.
+    # A resumed run continues the window its checkpoint saved.
     loss_sum, correct, examples, window_start = (
-        torch.zeros((), device=device),
-        torch.zeros((), device=device),
-        0,
+        torch.tensor(float(state.log_window[0]), device=device),
+        torch.tensor(float(state.log_window[1]), device=device),
+        int(state.log_window[2]),
         time.perf_counter(),
     )
     reason = None

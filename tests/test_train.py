@@ -97,16 +97,18 @@ def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):
-    """Six batches per epoch; stopping after 8 steps and resuming to 15 crosses epochs on both sides."""
+    """Six batches per epoch; stopping after 8 steps and resuming to 15 crosses epochs on both sides.
+    A log line every 3 steps: the one at step 9 averages steps 7-9 across the resume."""
     common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
-    common += ["--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "model.dropout=0.3"]
+    common += ["--set", "train.log_every=3", "--set", "train.eval_every=5", "--set", "model.dropout=0.3"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert train_main([*common, "--set", f"train.out_dir={whole}", "--max-steps", "15"]) == 0
     assert train_main([*common, "--set", f"train.out_dir={part}", "--max-steps", "8"]) == 0
     assert train_main(["--resume", str(part), "--max-steps", "15", "--set", "train.progress=false"]) == 0
 
-    losses = [r["loss"] for r in _log(whole, "train")]
-    assert len(losses) == 15 and [r["loss"] for r in _log(part, "train")] == losses
+    lines = [(r["step"], r["loss"], r["acc"]) for r in _log(whole, "train")]
+    assert [s for s, _, _ in lines] == [3, 6, 9, 12, 15]
+    assert [(r["step"], r["loss"], r["acc"]) for r in _log(part, "train")] == lines
     a = torch.load(whole / "last.pt", weights_only=True)
     b = torch.load(part / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 15 and a["epoch"] == b["epoch"] == 2
