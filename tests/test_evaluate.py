@@ -45,17 +45,27 @@ def test_evaluate_covers_the_whole_split_in_its_order(variant):
     model = build_model(cfg, len(vocab))
     result = evaluate(model, dataset, batch_size=5, device=torch.device("cpu"), progress=False)
     assert result.pair_ids == [e.pair_id for e in examples]
-    one_by_one = []
+    one_by_one, agreeing = [], 0
     with torch.no_grad():
         for i in range(len(dataset)):
-            one_by_one.append(model(collate_nli([dataset[i]])).logits.softmax(dim=1)[0])
-    torch.testing.assert_close(result.probs, torch.stack(one_by_one), atol=1e-5, rtol=1e-4)
+            out = model(collate_nli([dataset[i]]))
+            one_by_one.append(out.logits.softmax(dim=1)[0])
+            if variant == "spinn":  # its own parse against the given one, step by step
+                for side, ex in (
+                    (out.premise, examples[i].premise_transitions),
+                    (out.hypothesis, examples[i].hypothesis_transitions),
+                ):
+                    predicted = side.predicted_transitions[0].tolist()  # PAD past the side's steps
+                    agreeing += sum(int(a == b) for a, b in zip(predicted, ex, strict=False))
+    probs = torch.stack(one_by_one)
+    torch.testing.assert_close(result.probs, probs, atol=1e-5, rtol=1e-4)
     assert result.labels.tolist() == [e.label for e in examples]
-    expected = (torch.stack(one_by_one).argmax(1) == result.labels).float().mean().item()
-    assert result.accuracy == pytest.approx(expected)
+    assert result.accuracy == pytest.approx((probs.argmax(1) == result.labels).float().mean().item())
+    nll = -probs[torch.arange(len(probs)), result.labels].log().mean().item()
+    assert result.loss == pytest.approx(nll, rel=1e-4)
     if variant == "spinn":
         assert result.parse_total == 2 * sum(len(e.premise) + len(e.hypothesis) for e in examples) - 2 * 23
-        assert 0 <= result.parse_correct <= result.parse_total
+        assert result.parse_correct == agreeing and 0 < agreeing < result.parse_total
     else:
         assert result.parse_accuracy is None
 
