@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from spinn.config import (
     Config,
@@ -110,3 +111,11 @@ def test_config_error_from_the_command_line_is_one_line_and_exit_status_2(tmp_pa
     assert "Traceback" not in proc.stderr
     with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):  # --debug lets the traceback through
         train_main(cmd[2:] + ["--debug"])
+
+
+def test_print_config_shows_the_resolved_config_with_the_overrides(capsys):
+    argv = ["--config", str(ROOT / "configs" / "small.yaml"), "--set", "optim.lr=0.01", "--print-config"]
+    assert train_main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == config_to_dict(load_config(ROOT / "configs" / "small.yaml", ["optim.lr=0.01"]))
+    assert printed["optim"]["lr"] == 0.01 and set(printed) == set(config_to_dict(Config()))
