@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from nli_rows import first_rows
 from spinn.config import Config
 from spinn.model import NLIClassifier
 from spinn.train import main as train_main
-from spinn.train import plot_learning_curve, setup_optimizer
+from spinn.train import plot_learning_curve, setup_optimizer, stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -295,3 +297,15 @@ def test_adam_and_sgd_update_with_fused_kernels_where_torch_has_them(monkeypatch
     cfg.optim.name = "adam"
     optimizer = setup_optimizer(cfg, model)
     assert isinstance(optimizer, real_adam) and not optimizer.defaults["fused"]
+
+
+def test_a_second_signal_stops_at_once_and_the_handlers_are_restored():
+    """The first Ctrl-C (or SIGTERM) asks for a checkpoint after the current step; a second one raises
+    KeyboardInterrupt at once (the scripts print 'interrupted', exit 130); leaving restores the handlers."""
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM  # noted, training goes on
+        os.kill(os.getpid(), signal.SIGINT)
+        pytest.fail("the second signal did not stop the loop")
+    assert signal.getsignal(signal.SIGINT) is before
