@@ -196,7 +196,8 @@ def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) ->
 
 
 class _Workspace(threading.local):
-    """The backward's scratch tensors, carved out of one buffer per thread that is kept between calls.
+    """The backward's batch-sized tensors (gradient stores, activation derivatives), carved out of one
+    buffer per thread that is kept between calls; one step's rows of its scratch come from `_Scratch`.
 
     On the CPU a fresh tensor of a few MB is often memory the allocator has just handed back to the
     system, and touching it again costs a page fault per 4 KB (about 3 us each on a virtual machine):
@@ -274,19 +275,19 @@ _scratch = _Scratch()
 class _StepRows:
     """Where each step's rows go in the buffers of one pass, as one view per step made before the loop.
 
-    With ``keep`` (the backward reads them) every step has its own rows, one step after another, in
-    fresh buffers; otherwise (no gradient needed, and scratch) one step's rows are reused at every
-    step: a small buffer that stays in cache, instead of fresh memory the system has to fault in page
-    by page at every batch, taken from ``pool`` when given (its buffers and views last between calls).
-    The views are made in bulk (`Tensor.split`, or one per distinct size) because slicing inside the
-    loop costs about a microsecond a view, as much as some of the kernels.
+    Without a pool (the backward reads them: ``keep``) every step has its own rows, one step after
+    another, in fresh buffers; with one (no gradient needed, and scratch) one step's rows of the
+    pool's buffers are reused at every step: a small buffer that stays in cache, instead of fresh
+    memory the system has to fault in page by page at every batch, and its views last between calls.
+    The views are made in bulk (`Tensor.split`, or kept by the pool) because slicing inside the loop
+    costs about a microsecond a view, as much as some of the kernels.
     """
 
-    def __init__(self, sizes: list[int], keep: bool, pool: _Pool | None = None) -> None:
+    def __init__(self, sizes: list[int], pool: _Pool | None) -> None:
         self.sizes = sizes
-        self.keep = keep
-        self.rows = sum(sizes) if keep else max(sizes, default=0)
-        self.pool = None if keep else pool or _Pool(self.rows)
+        self.pool = pool
+        self.keep = pool is None
+        self.rows = sum(sizes) if self.keep else max(sizes, default=0)
 
     def buffer(self, name: str, like: Tensor, *shape: int) -> Tensor:
         """A buffer with room for the steps' rows, each of ``shape``: fresh, or the pool's ``name``."""
@@ -347,7 +348,7 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     active = schedule.tracker_active if tracked else []
     # One step's rows of the scratch buffers (all of them without ``keep``), kept between calls.
     pool = _scratch.pool(("encode", d, dt, leaves.dtype, leaves.device), max([*sizes, *active, 1]))
-    reduces, scratch = _StepRows(sizes, keep, pool), _StepRows(sizes, False, pool)
+    reduces, scratch = _StepRows(sizes, None if keep else pool), _StepRows(sizes, pool)
     x = reduces.buffer("x", leaves, 2 * d)  # [h_left; h_right] of every REDUCE
     e = reduces.buffer("e", leaves, dt)  # the Tracker's h each REDUCE reads
     act = reduces.buffer("act", leaves, 5 * d)  # gate activations
@@ -381,7 +382,7 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     )
     if tracked:
         # The Tracker's rows, packed: step t holds the first active[t] sentences (longest first).
-        tracks = _StepRows(active, keep, pool)
+        tracks = _StepRows(active, None if keep else pool)
         buffer_gates = cells.buffer_gates(leaves[:, :d])
         xt = tracks.buffer("xt", leaves, 2 * d)  # h of stack top and second
         act_t = tracks.buffer("act_t", leaves, 4 * dt)
@@ -462,33 +463,32 @@ class _Encode(torch.autograd.Function):
             leaf_h, xt, act_t, h_t, c_t, tanh_ct = rest
             active = schedule.tracker_active
         sizes, ids = _reduce_ids(schedule, tracked)
-        reduces, scratch = _StepRows(sizes, keep=True), _StepRows(sizes, keep=False)
+        # One step's rows of the scratch, kept between calls (`_Scratch`), as in the forward.
+        like = c_store
+        pool = _scratch.pool(("encode backward", d, dt, like.dtype, like.device), max([*sizes, batch]))
+        reduces, scratch = _StepRows(sizes, None), _StepRows(sizes, pool)
+        u = scratch.buffer("u", like, 5 * d)
+        g_out_h, g_out_c = scratch.buffer("g_out_h", like, d), scratch.buffer("g_out_c", like, d)
+        children_c = scratch.buffer("children_c", like, 2, d)  # the children's c, then its gradient
+        g_children = scratch.buffer("g_children", like, 2 * d)  # the gradient of the children's h
         shapes = {
             "g_h": c_store.shape,  # (R, D) gradient of each node's h
             "g_c": c_store.shape,
             "dz": act.shape,
             "d_tanh_c": tanh_c.shape,
-            "u": (scratch.rows, 5 * d),
-            "g_out_h": (scratch.rows, d),  # the gradients of a step's outputs' h and c
-            "g_out_c": (scratch.rows, d),
-            "children_c": (scratch.rows, 2, d),  # the children's c, then the gradient of their c
-            "g_children": (scratch.rows, 2 * d),  # the gradient of the children's h
         }
         if tracked:
-            t_scratch = _StepRows(active, keep=False)
+            t_scratch = _StepRows(active, pool)
+            u_t, g_xt = t_scratch.buffer("u_t", like, 4 * dt), t_scratch.buffer("g_xt", like, 2 * d)
+            g_ct = t_scratch.buffer("g_ct", like, dt)
             shapes |= {
                 "g_ht": h_t.shape,
-                "g_ct": (batch, dt),
                 "dz_t": act_t.shape,
                 "d_tanh_ct": tanh_ct.shape,
-                "u_t": (t_scratch.rows, 4 * dt),
-                "g_xt": (t_scratch.rows, 2 * d),
                 "g_buffer_gates": (1 + len(leaf_h), 4 * dt),
             }
         ws = _workspace.take(c_store, shapes)
-        g_h, g_c, u, g_out_h, g_out_c, children_c, g_children = (
-            ws[k] for k in ("g_h", "g_c", "u", "g_out_h", "g_out_c", "children_c", "g_children")
-        )
+        g_h, g_c = ws["g_h"], ws["g_c"]
         g_h.zero_()
         g_c.zero_()
         if g_root is not None:
@@ -529,10 +529,10 @@ class _Encode(torch.autograd.Function):
         )
         if tracked:
             w_buf, w_x, w_hh = _tracker_blocks(w_t, d)
-            tracks = _StepRows(active, keep=True)
+            tracks = _StepRows(active, None)
             # Gradients of the Tracker's h, packed like its states; rows past a sentence's last step are
             # outputs fixed at 0, so their gradient stops there.
-            g_ht, g_ct, u_t, g_xt = ws["g_ht"], ws["g_ct"], ws["u_t"], ws["g_xt"]
+            g_ht = ws["g_ht"]
             if g_tracker is None:
                 g_ht.zero_()
             else:
