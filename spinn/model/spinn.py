@@ -415,9 +415,9 @@ class SPINN(nn.Module):
         self, words: Tensor, lengths: Tensor, n_words: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """What `_follow_predictions_autograd` returns, computed outside autograd as in
-        `spinn.model.fused`: h and c in separate stores written in place, buffers allocated once per
-        batch, the buffer top's share of the Tracker's gates for every real word in one matmul before
-        the loop, one sigmoid over all gates (tanh(z) = 2 sigmoid(2 z) - 1), and the Tracker only on the
+        `spinn.model.fused`: h and c in separate stores written in place, one step's rows of the
+        buffers kept between calls, the buffer top's share of the Tracker's gates for every real word in
+        one matmul before the loop, the cells of `spinn.model.fused._Cells`, and the Tracker only on the
         sentences not yet finished: sorted longest first, those are a prefix of the batch (the leaf
         rows of the stores follow that order). Only the real words are projected to leaves."""
         d, dt = self.d_hidden, self.tracker.d_tracker
