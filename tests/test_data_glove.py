@@ -11,6 +11,8 @@ from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 
 DIM = 3
+# The toy files cover few of their vocabularies' words; the warning about that is tested on its own.
+pytestmark = pytest.mark.filterwarnings("ignore:.*vocabulary words.*have a vector:UserWarning")
 
 
 def vec_line(word, values):

@@ -64,13 +64,15 @@ def test_the_schedule_lists_only_real_words():
 
 
 @pytest.mark.parametrize(
-    "variant, follow_predictions", [("spinn_pi", False), ("spinn_pi_nt", False), ("spinn", True)]
+    "variant, follow_predictions",
+    [("spinn_pi", False), ("spinn_pi_nt", False), ("spinn", False), ("spinn", True)],
 )
 def test_buffers_kept_between_batches_change_no_result(variant, follow_predictions):
     """Evaluation reuses one step's rows of its buffers, and their views, from batch to batch
-    (`_Scratch`): a batch gives the same result after a larger one made the pool grow, and a larger
-    one the same as from empty pools."""
-    from spinn.model.fused import _scratch
+    (`_Scratch`), and takes the batch's tables (node stores, Tracker states) from the kept workspace:
+    a batch gives the same result after a larger one made them grow, a larger one the same as from
+    nothing kept, and what a batch returned is not overwritten by the next."""
+    from spinn.model.fused import _scratch, _workspace
 
     model = make_model(variant).eval()
 
@@ -82,10 +84,12 @@ def test_buffers_kept_between_batches_change_no_result(variant, follow_predictio
 
     small, large = ([3, 5, 2], 0), ([9, 14, 1, 7, 12, 11, 4], 1)
     first = encode(*small)
+    first_copy = [None if x is None else x.clone() for x in first]
     after_large = encode(*large)
     again = encode(*small)
     _scratch.pools.clear()
+    _workspace.buffer = None
     fresh_large = encode(*large)
-    for a, b in ((first, again), (after_large, fresh_large)):
+    for a, b in ((first, again), (after_large, fresh_large), (first, first_copy)):
         for x, y in zip(a, b, strict=True):
             assert (x is None and y is None) or torch.equal(x, y)

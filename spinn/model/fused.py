@@ -8,7 +8,8 @@ whole loop -- Tracker steps and REDUCEs -- is one `torch.autograd.Function`:
   only real words are projected to leaves (``schedule.leaf_rows``), padding never is;
 * the forward keeps what the backward needs in buffers allocated once per batch: the gathered inputs
   of every matmul and the gate activations; when no gradient is needed (evaluation) it runs outside
-  autograd and reuses one step's rows of those buffers at every step instead;
+  autograd, reuses one step's rows of those buffers at every step instead, and takes the node stores
+  from memory kept between calls on the CPU (`_Workspace`);
 * every view the loop uses -- a step's rows of a buffer, its gates, its ids -- is made before the loop
   in bulk (`_StepRows`), and the Tracker's states are packed so that a step's previous state is a
   prefix of the last step's rows (`_TrackerRows`): the loop body is the kernels and nothing else;
@@ -147,13 +148,13 @@ class _Cells:
             return torch.tanh(x, out=out)
         return torch.mul(x, self.two, out=out).sigmoid_().mul_(self.two).sub_(self.one)
 
-    def buffer_gates(self, leaf_h: Tensor) -> Tensor:
-        """(1 + W, 4 d_tracker) the buffer top's share of the Tracker's gates and their bias, for every
-        leaf (a buffer top is always one) in one matmul; row 0, an empty buffer, holds the bias alone."""
-        gates = leaf_h.new_empty(1 + len(leaf_h), len(self.tracker_bias))
-        gates[0] = self.tracker_bias
-        torch.addmm(self.tracker_bias, leaf_h, self.tracker_buffer, out=gates[1:])
-        return gates
+    def buffer_gates(self, leaf_h: Tensor, out: Tensor) -> Tensor:
+        """The buffer top's share of the Tracker's gates and their bias into out (1 + W, 4 d_tracker),
+        for every leaf (a buffer top is always one) in one matmul; row 0, an empty buffer, holds the
+        bias alone."""
+        out[0] = self.tracker_bias
+        torch.addmm(self.tracker_bias, leaf_h, self.tracker_buffer, out=out[1:])
+        return out
 
     def tracker(self, z: Tensor, gates, c_prev: Tensor, c_new: Tensor, h_new: Tensor, tanh_c: Tensor) -> None:
         """The LSTM cell from the pre-activations z, whose gate views are ``gates`` (i, f, g, o):
@@ -176,15 +177,15 @@ class _Cells:
         torch.mul(o, self.tanh(c_new, tanh_c), out=h_new)
 
 
-def _node_stores(leaves: Tensor, n_rows: int, leaf_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """(h_store, c_store), each (n_rows, D): row 0 (the empty slot) zeros, the leaves' [h; c] in the
-    rows ``leaf_ids``, the rest unwritten (every row read is written first; rows of padding never are)."""
+def _node_stores(leaves: Tensor, leaf_ids: Tensor, h_store: Tensor, c_store: Tensor) -> tuple[Tensor, Tensor]:
+    """Fill the (R, D) h_store and c_store: row 0 (the empty slot) zeros, the leaves' [h; c] in the
+    rows ``leaf_ids``, the rest left unwritten (every row read is written first; rows of padding never
+    are)."""
     d = leaves.shape[1] // 2
-    stores = leaves.new_empty(n_rows, d), leaves.new_empty(n_rows, d)
-    for store, part in zip(stores, (leaves[:, :d], leaves[:, d:]), strict=True):
+    for store, part in zip((h_store, c_store), (leaves[:, :d], leaves[:, d:]), strict=True):
         store[0] = 0
         store.index_copy_(0, leaf_ids, part)
-    return stores
+    return h_store, c_store
 
 
 def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) -> Tensor:
@@ -196,26 +197,34 @@ def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) ->
 
 
 class _Workspace(threading.local):
-    """The backward's batch-sized tensors (gradient stores, activation derivatives), carved out of one
-    buffer per thread that is kept between calls; one step's rows of its scratch come from `_Scratch`.
+    """The batch-sized tensors of a loop that copies its results out -- the backward's (gradient stores,
+    activation derivatives) and, without a gradient, the forward's (node stores, the Tracker's states)
+    -- carved out of one buffer per thread that is kept between calls; one step's rows of their
+    scratch come from `_Scratch`.
 
     On the CPU a fresh tensor of a few MB is often memory the allocator has just handed back to the
     system, and touching it again costs a page fault per 4 KB (about 3 us each on a virtual machine):
-    about 700 faults per batch at d_hidden 100 and batch 32, 2 ms of a 36 ms training step. Nothing
-    here outlives the backward that takes it, and a thread runs one backward at a time. The buffer
-    holds the largest backward's scratch so far (tens of MB at batch 128). Other devices have caching
-    allocators, so there each call gets fresh tensors.
+    about 700 faults per batch at d_hidden 100 and batch 32, 2 ms of a 36 ms training step; 250, 6%
+    of the full SPINN's evaluation, 8% of SPINN-PI's at d_hidden 300 and batch 512. Nothing here
+    outlives the call that takes it, and a thread runs one such call at a time. The buffer holds the
+    largest call's tables so far: 67 MB after evaluating SNLI dev at batch 128 and d_hidden 300, 311 MB
+    at batch 1024 and d_hidden 256. Other devices have caching allocators, so there each call gets
+    fresh tensors.
     """
 
     def __init__(self) -> None:
         self.buffer: Tensor | None = None
 
-    def take(self, like: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    def take(
+        self, like: Tensor, shapes: dict[str, tuple[int, ...]], fresh: bool = False
+    ) -> dict[str, Tensor]:
+        """Tensors of ``shapes`` (``like``'s dtype and device), views of the kept buffer on the CPU;
+        with ``fresh`` (the caller keeps them beyond the call) new ones."""
+        if fresh or like.device.type != "cpu":
+            return {k: like.new_empty(s) for k, s in shapes.items()}
         # Sizes rounded up to 64 bytes keep every tensor as aligned as a fresh one.
         sizes = {k: -(-math.prod(s) // 16) * 16 for k, s in shapes.items()}
         total = sum(sizes.values())
-        if like.device.type != "cpu":
-            return {k: like.new_empty(s) for k, s in shapes.items()}
         if self.buffer is None or self.buffer.numel() < total or self.buffer.dtype != like.dtype:
             self.buffer = like.new_empty(total)
         chunks = self.buffer[:total].split(list(sizes.values()))
@@ -344,8 +353,14 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     sizes, ids = _reduce_ids(schedule, tracked)
     leaves = leaves.detach()
     cells = _Cells(w_r, b_r, w_t, b_t)
-    h_store, c_store = _node_stores(leaves, schedule.n_rows, schedule.leaf_ids)
     active = schedule.tracker_active if tracked else []
+    # The batch's tables: fresh with ``keep`` (the backward reads them), else the kept workspace's.
+    shapes = {"h_store": (schedule.n_rows, d), "c_store": (schedule.n_rows, d)}
+    if tracked:
+        shapes |= {"buffer_gates": (1 + len(leaves), 4 * dt), "h_t": (batch + sum(active), dt)}
+        shapes |= {"c_t": shapes["h_t"]}
+    tables = _workspace.take(leaves, shapes, fresh=keep)
+    h_store, c_store = _node_stores(leaves, schedule.leaf_ids, tables["h_store"], tables["c_store"])
     # One step's rows of the scratch buffers (all of them without ``keep``), kept between calls.
     pool = _scratch.pool(("encode", d, dt, leaves.dtype, leaves.device), max([*sizes, *active, 1]))
     reduces, scratch = _StepRows(sizes, None if keep else pool), _StepRows(sizes, pool)
@@ -383,12 +398,11 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     if tracked:
         # The Tracker's rows, packed: step t holds the first active[t] sentences (longest first).
         tracks = _StepRows(active, None if keep else pool)
-        buffer_gates = cells.buffer_gates(leaves[:, :d])
+        buffer_gates = cells.buffer_gates(leaves[:, :d], out=tables["buffer_gates"])
         xt = tracks.buffer("xt", leaves, 2 * d)  # h of stack top and second
         act_t = tracks.buffer("act_t", leaves, 4 * dt)
         tanh_ct = tracks.buffer("tanh_ct", leaves, dt)
-        h_t = leaves.new_empty(batch + sum(active), dt)  # packed states (`_TrackerRows`)
-        c_t = leaves.new_empty(batch + sum(active), dt)
+        h_t, c_t = tables["h_t"], tables["c_t"]  # packed states (`_TrackerRows`)
         h_t[:batch] = 0
         c_t[:batch] = 0
         h_rows, c_rows = _TrackerRows(h_t, batch, active), _TrackerRows(c_t, batch, active)

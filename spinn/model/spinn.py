@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.fused import _Cells, _needs_grad, _node_stores, _scratch, _split, encode_given
+from spinn.model.fused import _Cells, _needs_grad, _node_stores, _scratch, _split, _workspace, encode_given
 from spinn.model.schedule import (
     _REDUCE,
     _SHIFT,
@@ -426,18 +426,17 @@ class SPINN(nn.Module):
         device = words.device
         lengths = lengths.to(device)
         order, rank = _longest_first(lengths)
-        # The host reads outside the loop: how many sentences still run at each step (non-increasing;
-        # the steps past the longest sentence are dropped), and the real words, r N + i for word i of
-        # the r-th longest sentence, with the map from a leaf's node id to its row among them.
+        # The host read outside the loop: how many sentences still run at each step (non-increasing;
+        # the steps past the longest sentence are dropped).
         active = [k for k in _running(lengths, n_steps).tolist() if k]
-        real, packed = real_words(lengths[order], n_words)
-        # Where word i of sentence b is in the words: b N + i padded, its sentence's first row + i packed.
-        first = (
-            lengths.cumsum(0) - lengths if words.dim() == 2 else torch.arange(batch, device=device) * n_words
-        )
-        positions = torch.arange(n_words, device=device)
-        source = (first[order][:, None] + positions).view(-1).index_select(0, real)
-        leaves = self.leaf(words.reshape(-1, self.d_input).index_select(0, source)).detach()  # (W, 2 D)
+        # The real words, in sentence order (as given, if packed), projected to leaves. Word i of
+        # sentence b is node 1 + rank[b] N + i: the stores' leaf rows follow the longest-first order.
+        leaf_rows = real_words(lengths, n_words)[0]
+        leaves = self.leaf(_real(words, leaf_rows)).detach()  # (W, 2 D)
+        leaf_ids = 1 + rank.index_select(0, leaf_rows // n_words) * n_words + leaf_rows % n_words
+        # Row 1 + j of buffer_gates is for the j-th real word; buffer_row maps a leaf's node id to it.
+        buffer_row = leaves.new_zeros(1 + batch * n_words, dtype=torch.long)
+        buffer_row[leaf_ids] = torch.arange(1, 1 + len(leaf_ids), device=device)
         dtype = leaves.dtype  # bf16 under autocast: one dtype throughout, as in `encode_given`
         w_t, b_t, w_r, b_r, w_p, b_p = (
             p.detach().to(dtype)
@@ -449,10 +448,12 @@ class SPINN(nn.Module):
         )
         with torch.autocast(leaves.device.type, enabled=False):
             cells = _Cells(w_r, b_r, w_t, b_t)
-            h_store, c_store = _node_stores(leaves, store_rows(batch, n_words), 1 + real)
-            # Row j of buffer_gates is for the j-th real word; packed maps a leaf's node id to its row.
-            # Packed rows rather than one per node id: the table's fresh memory is slow to fault in.
-            buffer_gates = cells.buffer_gates(leaves[:, :d])
+            # The batch's tables from the kept workspace, as in `encode_given` without a gradient.
+            rows = store_rows(batch, n_words)
+            shapes = {"h_store": (rows, d), "c_store": (rows, d), "buffer_gates": (1 + len(leaves), 4 * dt)}
+            tables = _workspace.take(leaves, shapes)
+            h_store, c_store = _node_stores(leaves, leaf_ids, tables["h_store"], tables["c_store"])
+            buffer_gates = cells.buffer_gates(leaves[:, :d], out=tables["buffer_gates"])
             # One step's rows of the loop's buffers, and their views for each row count, kept between
             # calls (`spinn.model.fused._Scratch`): slicing costs about a microsecond a view, as much
             # as some of the kernels. h0, c0 and h1, c1: the Tracker's state before a step and after it
@@ -491,13 +492,13 @@ class SPINN(nn.Module):
             step_logits = logits.unbind(0)
             actions = np.full((n_steps, batch), int(PAD))
             pointers = _StackPointers(lengths[order].cpu().numpy(), n_words)
-            packed = packed.cpu().numpy()
+            buffer_row = buffer_row.cpu().numpy()
             for t, k in enumerate(active):
                 tr, new = tracker_rows(k, t % 2), tracker_rows(k, 1 - t % 2)
                 ids = pointers.tracker_ids()[:k]  # buffer top, stack top, second
                 # The Tracker's indices in one host-to-device copy: the buffer tops' rows of
                 # buffer_gates, then the stack tops' ids.
-                reads = np.concatenate((packed[ids[:, 0]], ids[:, 1:].reshape(-1)))
+                reads = np.concatenate((buffer_row[ids[:, 0]], ids[:, 1:].reshape(-1)))
                 buffer_top, stack = torch.from_numpy(reads).to(device).split_with_sizes((k, 2 * k))
                 torch.index_select(buffer_gates, 0, buffer_top, out=tr.z)
                 torch.index_select(h_store, 0, stack, out=tr.stack)
