@@ -8,8 +8,9 @@ whole loop -- Tracker steps and REDUCEs -- is one `torch.autograd.Function`:
   only real words are projected to leaves (``schedule.leaf_rows``), padding never is;
 * the forward keeps what the backward needs in buffers allocated once per batch: the gathered inputs
   of every matmul and the gate activations; when no gradient is needed (evaluation) it runs outside
-  autograd, reuses one step's rows of those buffers at every step instead, and takes the node stores
-  from memory kept between calls on the CPU (`_Workspace`);
+  autograd, reuses one step's rows of those buffers at every step instead, and takes the batch's
+  tables (node stores, the Tracker's states, the buffer tops' gates) from memory kept between calls
+  on the CPU (`_Workspace`);
 * every view the loop uses -- a step's rows of a buffer, its gates, its ids -- is made before the loop
   in bulk (`_StepRows`), and the Tracker's states are packed so that a step's previous state is a
   prefix of the last step's rows (`_TrackerRows`): the loop body is the kernels and nothing else;
@@ -198,18 +199,19 @@ def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) ->
 
 class _Workspace(threading.local):
     """The batch-sized tensors of a loop that copies its results out -- the backward's (gradient stores,
-    activation derivatives) and, without a gradient, the forward's (node stores, the Tracker's states)
-    -- carved out of one buffer per thread that is kept between calls; one step's rows of their
-    scratch come from `_Scratch`.
+    activation derivatives) and, without a gradient, the forward's (node stores, the Tracker's states,
+    the buffer tops' gates) -- carved out of one buffer per thread that is kept between calls; one
+    step's rows of their scratch come from `_Scratch`.
 
     On the CPU a fresh tensor of a few MB is often memory the allocator has just handed back to the
     system, and touching it again costs a page fault per 4 KB (about 3 us each on a virtual machine):
-    about 700 faults per batch at d_hidden 100 and batch 32, 2 ms of a 36 ms training step; 250, 6%
-    of the full SPINN's evaluation, 8% of SPINN-PI's at d_hidden 300 and batch 512. Nothing here
-    outlives the call that takes it, and a thread runs one such call at a time. The buffer holds the
-    largest call's tables so far: 67 MB after evaluating SNLI dev at batch 128 and d_hidden 300, 311 MB
-    at batch 1024 and d_hidden 256. Other devices have caching allocators, so there each call gets
-    fresh tensors.
+    about 700 faults per batch at d_hidden 100 and batch 32, 2 ms of a 36 ms training step; about
+    30,000 per batch, 8% of the time, evaluating SPINN-PI at d_hidden 300 and batch 512 (how many a
+    call meets depends on what ran before it). Nothing here outlives the call that takes it, and a
+    thread runs one such call at a time. The buffer holds the largest call's tables so far: for
+    SPINN-PI, 73 MB after evaluating SNLI dev at batch 128 and d_hidden 300, 311 MB at the sizes of
+    configs/small.yaml (batch 1024, d_hidden 256). Other devices have caching allocators, so there
+    each call gets fresh tensors.
     """
 
     def __init__(self) -> None:
@@ -222,7 +224,7 @@ class _Workspace(threading.local):
         with ``fresh`` (the caller keeps them beyond the call) new ones."""
         if fresh or like.device.type != "cpu":
             return {k: like.new_empty(s) for k, s in shapes.items()}
-        # Sizes rounded up to 64 bytes keep every tensor as aligned as a fresh one.
+        # Sizes rounded up to 16 elements (64 bytes in float32) keep every tensor aligned like a fresh one.
         sizes = {k: -(-math.prod(s) // 16) * 16 for k, s in shapes.items()}
         total = sum(sizes.values())
         if self.buffer is None or self.buffer.numel() < total or self.buffer.dtype != like.dtype:
