@@ -349,6 +349,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise SpinnError(
             f"the run's config has no {args.split} split (data.{args.split} is null); use --data FILE"
         )
+    if not args.data and not path.exists() and not Path(cfg.data.data_dir).expanduser().is_absolute():
+        raise SpinnError(
+            f"{path}: no such file; the run's config has data.data_dir {cfg.data.data_dir!r}, which is read "
+            f"relative to the current folder ({Path.cwd()}): run from the folder it trained in, or pass "
+            "--data-dir DIR"
+        )
     name = Path(path.name.removesuffix(".gz")).stem if args.data else args.split
     if args.transitions is not None:  # the two ways of reading a split do not overwrite each other
         name += f"_{args.transitions}"

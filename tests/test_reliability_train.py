@@ -251,6 +251,22 @@ def test_evaluate_scores_the_runs_splits_as_it_did_and_any_other_file_whole(tiny
     assert pairs == {"--split": 10, "--data": 24}
 
 
+def test_evaluate_elsewhere_says_the_data_dir_is_relative(tiny_data, tmp_path, monkeypatch, capsys):
+    """A run trained with a relative data.data_dir, evaluated from another folder."""
+    root = Path(next(a.split("=", 1)[1] for a in tiny_data if a.startswith("data.data_dir=")))
+    run = tmp_path / "run"
+    monkeypatch.chdir(root.parent)
+    overrides = sets(f"train.out_dir={run}", "train.max_steps=1", f"data.data_dir={root.name}")
+    assert train_main([*tiny_data, *overrides]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert user_error(evaluate_main, ["--checkpoint", str(run), "--no-progress"], capsys) == (
+        f"error: {root.name}/dev.jsonl: no such file; the run's config has data.data_dir '{root.name}', "
+        f"which is read relative to the current folder ({tmp_path}): run from the folder it trained in, "
+        "or pass --data-dir DIR"
+    )
+    assert evaluate_main(["--checkpoint", str(run), "--data-dir", str(root), "--no-progress"]) == 0
+
+
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
