@@ -145,7 +145,7 @@ class TrainConfig:
     device: str = "auto"
     #: bf16 autocast; CUDA only (ignored with a warning elsewhere).
     bf16: bool = False
-    #: torch.compile the model.
+    #: torch.compile the model (on the CPU inductor builds C++: it needs a C++ compiler).
     compile: bool = False
     #: The global batch: under torchrun each of the K processes takes batch_size / K pairs per step.
     batch_size: int = 32

@@ -808,6 +808,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_compile(device: torch.device) -> None:
+    """torch.compile's default backend (inductor) builds C++ for the CPU: without a compiler it fails
+    at the first step, with a long traceback. Say so before training starts."""
+    if device.type != "cpu":
+        return
+    try:  # inductor's own search (g++, or $CXX); a torch without it gets no early check
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:
+        return
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        raise SpinnError(
+            "train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, or the "
+            "one $CXX names): install one, or set train.compile=false"
+        ) from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         args.set.append(f"train.max_steps={args.max_steps}")
@@ -825,6 +844,8 @@ def run_train(args: argparse.Namespace) -> int:
             f"train.batch_size {cfg.train.batch_size} gives {local} pair per process and batch norm "
             f"(model.batch_norm) cannot train on one: use at least {2 * distributed.world_size()}"
         )
+    if cfg.train.compile:
+        check_compile(device)
     seed_everything(cfg.train.seed)
     # Before reading the data: a refusal to start over an existing run comes at once.
     run_dir = None if args.dry_run else setup_run_dir(cfg, resuming=ckpt is not None)

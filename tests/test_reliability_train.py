@@ -230,6 +230,23 @@ def test_a_batch_of_one_pair_with_batch_norm_is_refused_before_anything_runs(tin
     assert not run.exists()
 
 
+def test_compile_without_a_cpp_compiler_is_refused_before_anything_runs(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-g++")))
+    run = tmp_path / "run"
+    message = user_error(
+        train_main, [*tiny_data, *sets(f"train.out_dir={run}", "train.compile=true")], capsys
+    )
+    assert message == (
+        "error: train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, or "
+        "the one $CXX names): install one, or set train.compile=false"
+    )
+    assert not run.exists()
+
+
 def test_an_unknown_device_is_a_user_error(trained, capsys):
     for main, extra in ((evaluate_main, []), (predict_main, ["--premise", "a", "--hypothesis", "b"])):
         argv = ["--checkpoint", str(trained / "best.pt"), "--device", "gpu0", *extra]
