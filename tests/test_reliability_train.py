@@ -218,32 +218,31 @@ def test_evaluate_reads_a_full_spinn_both_ways_into_separate_files(tiny_data, tm
     assert probabilities["given"] != probabilities["predicted"]
 
 
-def test_a_batch_of_one_pair_with_batch_norm_is_refused_before_anything_runs(tiny_data, tmp_path, capsys):
-    run = tmp_path / "run"
-    message = user_error(
-        train_main, [*tiny_data, *sets(f"train.out_dir={run}", "train.batch_size=1")], capsys
-    )
-    assert message == (
-        "error: train.batch_size 1 gives 1 pair per process and batch norm (model.batch_norm) cannot train "
-        "on one: use at least 2"
-    )
-    assert not run.exists()
-
-
-def test_compile_without_a_cpp_compiler_is_refused_before_anything_runs(
-    tiny_data, tmp_path, capsys, monkeypatch
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "train.batch_size=1",
+            "error: train.batch_size 1 gives 1 pair per process and batch norm (model.batch_norm) cannot "
+            "train on one: use at least 2",
+        ),
+        (
+            "train.compile=true",
+            "error: train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, "
+            "or the one $CXX names): install one, or set train.compile=false",
+        ),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_before_anything_runs(
+    tiny_data, tmp_path, capsys, monkeypatch, override, expected
 ):
+    """One pair per process with batch norm; torch.compile on the CPU where inductor finds no C++
+    compiler (its search path pointed at a missing one)."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-g++")))
     run = tmp_path / "run"
-    message = user_error(
-        train_main, [*tiny_data, *sets(f"train.out_dir={run}", "train.compile=true")], capsys
-    )
-    assert message == (
-        "error: train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, or "
-        "the one $CXX names): install one, or set train.compile=false"
-    )
+    assert user_error(train_main, [*tiny_data, *sets(f"train.out_dir={run}", override)], capsys) == expected
     assert not run.exists()
 
 
