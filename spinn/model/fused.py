@@ -135,7 +135,8 @@ class _Cells:
         self.sigmoid_tanh = w_r.device.type == "cpu" and w_r.dtype == torch.float32
         self.reduce_bias = _double_gate(b_r, 5, 4)
         self.reduce_children, self.reduce_tracker = (w.t() for w in _reduce_blocks(_double_gate(w_r, 5, 4)))
-        if w_t is not None:
+        self.tracked = w_t is not None
+        if self.tracked:
             self.tracker_bias = _double_gate(b_t, 4, 2)
             self.tracker_buffer, self.tracker_stack, self.tracker_hidden = (
                 w.t() for w in _tracker_blocks(_double_gate(w_t, 4, 2), d)
@@ -178,15 +179,25 @@ class _Cells:
         torch.mul(o, self.tanh(c_new, tanh_c), out=h_new)
 
 
-def _node_stores(leaves: Tensor, leaf_ids: Tensor, h_store: Tensor, c_store: Tensor) -> tuple[Tensor, Tensor]:
-    """Fill the (R, D) h_store and c_store: row 0 (the empty slot) zeros, the leaves' [h; c] in the
-    rows ``leaf_ids``, the rest left unwritten (every row read is written first; rows of padding never
-    are)."""
+def _batch_tables(
+    cells: _Cells, leaves: Tensor, leaf_ids: Tensor, n_rows: int, fresh: bool, **shapes: tuple[int, ...]
+) -> dict[str, Tensor]:
+    """A batch's tables: the node stores "h_store" and "c_store" (n_rows, D) with zeros in row 0 (the
+    empty slot) and the leaves' [h; c] in the rows ``leaf_ids`` (the other rows are written before they
+    are read; rows of padding never are); with a Tracker, "buffer_gates" (`_Cells.buffer_gates`); and
+    the tables of ``shapes``, unwritten. Fresh (``fresh``: the caller keeps them, as the backward
+    reads the training forward's), else from the kept workspace (`_Workspace`)."""
     d = leaves.shape[1] // 2
-    for store, part in zip((h_store, c_store), (leaves[:, :d], leaves[:, d:]), strict=True):
-        store[0] = 0
-        store.index_copy_(0, leaf_ids, part)
-    return h_store, c_store
+    shapes |= {"h_store": (n_rows, d), "c_store": (n_rows, d)}
+    if cells.tracked:
+        shapes["buffer_gates"] = (1 + len(leaves), len(cells.tracker_bias))
+    tables = _workspace.take(leaves, shapes, fresh=fresh)
+    for name, part in (("h_store", leaves[:, :d]), ("c_store", leaves[:, d:])):
+        tables[name][0] = 0
+        tables[name].index_copy_(0, leaf_ids, part)
+    if cells.tracked:
+        cells.buffer_gates(leaves[:, :d], out=tables["buffer_gates"])
+    return tables
 
 
 def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) -> Tensor:
@@ -356,13 +367,9 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     leaves = leaves.detach()
     cells = _Cells(w_r, b_r, w_t, b_t)
     active = schedule.tracker_active if tracked else []
-    # The batch's tables: fresh with ``keep`` (the backward reads them), else the kept workspace's.
-    shapes = {"h_store": (schedule.n_rows, d), "c_store": (schedule.n_rows, d)}
-    if tracked:
-        shapes |= {"buffer_gates": (1 + len(leaves), 4 * dt), "h_t": (batch + sum(active), dt)}
-        shapes |= {"c_t": shapes["h_t"]}
-    tables = _workspace.take(leaves, shapes, fresh=keep)
-    h_store, c_store = _node_stores(leaves, schedule.leaf_ids, tables["h_store"], tables["c_store"])
+    states = (batch + sum(active), dt)  # the Tracker's packed h and c (`_TrackerRows`); no columns without
+    tables = _batch_tables(cells, leaves, schedule.leaf_ids, schedule.n_rows, keep, h_t=states, c_t=states)
+    h_store, c_store = tables["h_store"], tables["c_store"]
     # One step's rows of the scratch buffers (all of them without ``keep``), kept between calls.
     pool = _scratch.pool(("encode", d, dt, leaves.dtype, leaves.device), max([*sizes, *active, 1]))
     reduces, scratch = _StepRows(sizes, None if keep else pool), _StepRows(sizes, pool)
@@ -400,11 +407,11 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     if tracked:
         # The Tracker's rows, packed: step t holds the first active[t] sentences (longest first).
         tracks = _StepRows(active, None if keep else pool)
-        buffer_gates = cells.buffer_gates(leaves[:, :d], out=tables["buffer_gates"])
+        buffer_gates = tables["buffer_gates"]
         xt = tracks.buffer("xt", leaves, 2 * d)  # h of stack top and second
         act_t = tracks.buffer("act_t", leaves, 4 * dt)
         tanh_ct = tracks.buffer("tanh_ct", leaves, dt)
-        h_t, c_t = tables["h_t"], tables["c_t"]  # packed states (`_TrackerRows`)
+        h_t, c_t = tables["h_t"], tables["c_t"]
         h_t[:batch] = 0
         c_t[:batch] = 0
         h_rows, c_rows = _TrackerRows(h_t, batch, active), _TrackerRows(c_t, batch, active)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.fused import _Cells, _needs_grad, _node_stores, _scratch, _split, _workspace, encode_given
+from spinn.model.fused import _batch_tables, _Cells, _needs_grad, _scratch, _split, encode_given
 from spinn.model.schedule import (
     _REDUCE,
     _SHIFT,
@@ -355,8 +355,6 @@ class SPINN(nn.Module):
         if wrong.any():
             b = int(wrong.nonzero()[0, 0])
             raise SpinnError(f"sentence {b} of the batch has length {int(host[b])}, expected 1..{n_words}")
-        if words.dim() == 2:
-            _check_word_count(words, int(host.sum()))
         # As in `encode_given`: outside autograd when nothing needs a gradient.
         if _needs_grad(words, *self.parameters()):
             logits, actions, h = self._follow_predictions_autograd(words, lengths, n_words)
@@ -449,11 +447,8 @@ class SPINN(nn.Module):
         with torch.autocast(leaves.device.type, enabled=False):
             cells = _Cells(w_r, b_r, w_t, b_t)
             # The batch's tables from the kept workspace, as in `encode_given` without a gradient.
-            rows = store_rows(batch, n_words)
-            shapes = {"h_store": (rows, d), "c_store": (rows, d), "buffer_gates": (1 + len(leaves), 4 * dt)}
-            tables = _workspace.take(leaves, shapes)
-            h_store, c_store = _node_stores(leaves, leaf_ids, tables["h_store"], tables["c_store"])
-            buffer_gates = cells.buffer_gates(leaves[:, :d], out=tables["buffer_gates"])
+            tables = _batch_tables(cells, leaves, leaf_ids, store_rows(batch, n_words), fresh=False)
+            h_store, c_store, buffer_gates = (tables[k] for k in ("h_store", "c_store", "buffer_gates"))
             # One step's rows of the loop's buffers, and their views for each row count, kept between
             # calls (`spinn.model.fused._Scratch`): slicing costs about a microsecond a view, as much
             # as some of the kernels. h0, c0 and h1, c1: the Tracker's state before a step and after it
@@ -535,15 +530,11 @@ def _real(words: Tensor, leaf_rows: Tensor) -> Tensor:
     rows ``leaf_rows``."""
     if words.dim() == 3:
         return words.reshape(-1, words.shape[-1]).index_select(0, leaf_rows)
-    _check_word_count(words, len(leaf_rows))  # W is known on the host: no device sync
-    return words
-
-
-def _check_word_count(words: Tensor, n_real: int) -> None:
-    if len(words) != n_real:
+    if len(words) != len(leaf_rows):  # W is known on the host: no device sync
         raise SpinnError(
-            f"words have {len(words)} rows, expected one per real word: {n_real} (the sum of lengths)"
+            f"words have {len(words)} rows, expected one per real word: {len(leaf_rows)} (the sum of lengths)"
         )
+    return words
 
 
 def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
