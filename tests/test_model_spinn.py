@@ -440,6 +440,70 @@ def test_a_precomputed_schedule_gives_the_same_result():
         model(words, transitions, lengths, schedule=other)
 
 
+def test_a_schedule_built_from_other_transitions_is_refused():
+    model = make_model("spinn")
+    words, transitions, lengths, _ = random_batch([5, 3, 8], 7, seed=2)
+    schedule = build_schedule(transitions, lengths)
+    other = transitions.clone()
+    other[2] = torch.tensor(right_branching(8))  # the same shape, another tree
+    assert not torch.equal(other, transitions)
+    with pytest.raises(
+        SpinnError, match=r"built from other transitions .*\(first at sentence 2 of the batch"
+    ):
+        model(words, other, lengths, schedule=schedule)
+    # The same lengths' shape with another split of the words between the sentences.
+    trees = [transitions[0, :9].tolist(), balanced(4), transitions[2].tolist()]
+    shorter = pad_sentences([[1] * 5, [1] * 4, [1] * 8], trees)
+    with pytest.raises(SpinnError, match=r"built from other transitions .*\(first at sentence 1 "):
+        model(words, shorter.transitions, shorter.lengths, schedule=schedule)
+    with pytest.raises(SpinnError, match=r"built from other lengths .*\(first at sentence 1 "):
+        schedule.check_matches(transitions, shorter.lengths)
+    # Refilling the tensors it was built from, in place, does not fool the check.
+    given = transitions.clone()
+    schedule = build_schedule(given, lengths)
+    given.copy_(other)
+    with pytest.raises(SpinnError, match="built from other transitions"):
+        model(words, given, lengths, schedule=schedule)
+
+
+@pytest.mark.parametrize("variant", ["spinn_pi_nt", "spinn"])
+def test_lengths_and_transitions_given_as_lists_work_as_tensors(variant):
+    model = make_model(variant)
+    words, transitions, lengths, _ = random_batch([5, 3, 8], 7, seed=3)
+    expected = model(words, transitions, lengths)
+    as_lists = (transitions.tolist(), lengths.tolist())
+    for given_transitions, given_lengths in ((as_lists[0], lengths), (transitions, as_lists[1]), as_lists):
+        assert torch.equal(model(words, given_transitions, given_lengths).h, expected.h)
+    assert torch.equal(
+        build_schedule(transitions.tolist(), lengths.tolist()).step_children,
+        build_schedule(transitions, lengths).step_children,
+    )
+
+
+@pytest.mark.parametrize(
+    "transitions, lengths, message",
+    [
+        (None, [3.0, 2.0], "lengths: expected integers, found torch.float32"),
+        (None, torch.tensor([3.0, 2.0]), "lengths: expected integers, found a tensor of torch.float32"),
+        ([[0, 0, 1]], [3, 2], r"transitions have shape \(1, 3\), expected \(2, 5\)"),
+        (
+            [[0, 0, 1, 0, 1], [0, 0, 1]],
+            [3, 2],
+            "transitions: expected a tensor or a rectangular list of ints",
+        ),
+        (None, [3], r"lengths have shape \(1,\), expected \(2,\)"),
+        (None, "32", "lengths: expected a tensor or a rectangular list of ints"),
+    ],
+)
+def test_lengths_and_transitions_that_are_not_int_arrays_are_reported(transitions, lengths, message):
+    model = make_model("spinn_pi")
+    words, given, _, _ = random_batch([3, 2], 7, seed=0)
+    with pytest.raises(SpinnError, match=message):
+        model(words, given if transitions is None else transitions, lengths)
+    with pytest.raises(SpinnError, match="words: expected a float tensor"):
+        model(words.tolist(), given, [3, 2])
+
+
 def test_reduce_starts_with_its_forget_gates_open():
     """Children's cells of 1 and zero h: open forget gates (bias +1) pass about 2 x sigmoid(1) = 1.46
     to the parent, where a zero bias would pass about 1."""

@@ -19,6 +19,7 @@ and the step loop only indexes with precomputed tensors: no host round trip per 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,8 @@ class Schedule:
         level_children, level_out, level_offsets: the same REDUCEs grouped by tree level (a node's level
             is one more than its higher child's, leaves are level 0), for the encoder without a Tracker.
         root: (B,) the id of each sentence's root.
+        transitions, lengths: copies of what the schedule was built from, so that `check_matches` can
+            refuse a schedule passed with other transitions of the same shape.
     """
 
     n_rows: int
@@ -146,6 +149,8 @@ class Schedule:
     level_out: Tensor
     level_offsets: list[int]
     root: Tensor
+    transitions: Tensor
+    lengths: Tensor
 
     def check_fits(self, batch_size: int, n_words: int) -> None:
         """Raises SpinnError unless this is the schedule of a batch of ``batch_size`` sentences padded to
@@ -156,6 +161,15 @@ class Schedule:
                 f"the batch has {batch_size} of {n_words}"
             )
 
+    def check_matches(self, transitions: Tensor, lengths: Tensor) -> None:
+        """Raises SpinnError unless this schedule was built from ``transitions`` and ``lengths``.
+
+        Compared whole, which costs little next to building a schedule; on an accelerator the
+        comparison waits for the device.
+        """
+        _check_same("transitions", self.transitions, transitions)
+        _check_same("lengths", self.lengths, lengths)
+
     def to(self, device: torch.device | str) -> Schedule:
         move = {
             k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
@@ -164,19 +178,45 @@ class Schedule:
         return Schedule(**move)
 
 
-def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
+def as_long_tensor(values: Tensor | Sequence, name: str, device: torch.device | str | None = None) -> Tensor:
+    """``values`` as a long tensor: a tensor where it is, a (nested) list of ints on ``device``.
+
+    Raises:
+        SpinnError: naming ``name``, when ``values`` is not a rectangular array of integers.
+    """
+    if isinstance(values, Tensor):
+        if values.is_floating_point() or values.is_complex():
+            raise SpinnError(f"{name}: expected integers, found a tensor of {values.dtype}")
+        return values.long()
+    try:
+        tensor = torch.as_tensor(values, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise SpinnError(f"{name}: expected a tensor or a rectangular list of ints, found {e}") from None
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise SpinnError(f"{name}: expected integers, found {tensor.dtype} values")
+    return tensor.long()
+
+
+def build_schedule(transitions: Tensor | Sequence, lengths: Tensor | Sequence[int]) -> Schedule:
     """Work out, on the CPU, every node id a forward pass over the given transitions uses.
 
     Args:
-        transitions: (B, 2N - 1) long, SHIFT/REDUCE right-padded with PAD (`spinn.data.batching`).
-        lengths: (B,) long, the number of words of each sentence (>= 1).
+        transitions: (B, 2N - 1) long, SHIFT/REDUCE right-padded with PAD (`spinn.data.batching`);
+            a list of B equal-length lists of ints is taken too.
+        lengths: (B,) long, the number of words of each sentence (>= 1), or a list of B ints.
 
     Raises:
+        SpinnError: transitions or lengths that are not integers in a rectangular array.
         ParseError: a sentence's transitions do not build one binary tree over its words, or its
             padding does not start right after its 2n - 1 transitions.
     """
-    transitions = transitions.detach().to("cpu", torch.long)
-    lengths = lengths.detach().to("cpu", torch.long)
+    transitions = as_long_tensor(transitions, "transitions").to("cpu")
+    lengths = as_long_tensor(lengths, "lengths").to("cpu")
+    if transitions.dim() != 2 or lengths.dim() != 1:
+        raise SpinnError(
+            f"transitions have shape {tuple(transitions.shape)} and lengths {tuple(lengths.shape)}, "
+            f"expected (B, 2N - 1) and (B,)"
+        )
     batch, steps = transitions.shape
     n_words = (steps + 1) // 2
     _check_padding(transitions, lengths, n_words)
@@ -239,7 +279,21 @@ def build_schedule(transitions: Tensor, lengths: Tensor) -> Schedule:
         level_out=step_out[by_level],
         level_offsets=level_offsets,
         root=torch.from_numpy(pointers.root()),
+        # Copies: a caller refilling its tensors in place would otherwise change what was checked.
+        transitions=transitions.clone(),
+        lengths=lengths.clone(),
     )
+
+
+def _check_same(name: str, built_from: Tensor, given: Tensor) -> None:
+    given = given.to(built_from.device, torch.long)
+    if not torch.equal(built_from, given):
+        differ = (built_from != given).view(len(given), -1).any(1)
+        raise SpinnError(
+            f"the schedule was built from other {name} than the ones given (first at sentence "
+            f"{int(differ.nonzero()[0, 0])} of the batch): pass build_schedule(transitions, lengths) of "
+            f"this batch, or schedule=None"
+        )
 
 
 def _longest_first(lengths: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ How the batched stack is stored
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TypeVar
@@ -47,6 +48,7 @@ from spinn.model.schedule import (
     _longest_first,
     _running,
     _StackPointers,
+    as_long_tensor,
     build_schedule,
     real_words,
     store_rows,
@@ -247,8 +249,8 @@ class SPINN(nn.Module):
     def forward(
         self,
         words: Tensor,
-        transitions: Tensor | None,
-        lengths: Tensor,
+        transitions: Tensor | Sequence[Sequence[int]] | None,
+        lengths: Tensor | Sequence[int],
         *,
         use_given_transitions: bool | None = None,
         schedule: Schedule | None = None,
@@ -261,23 +263,30 @@ class SPINN(nn.Module):
                 sentence b, W = ``lengths.sum()``): the rows a padded batch would be read at, so that
                 padding is never embedded or dropped out (`NLIClassifier` passes these).
             transitions: (B, 2N - 1) long, SHIFT (0) / REDUCE (1), right-padded with PAD (2); sentence b
-                uses its first 2 lengths[b] - 1. May be None only when a full SPINN follows its own
-                predictions.
-            lengths: (B,) long, words per sentence, 1..N.
+                uses its first 2 lengths[b] - 1 (a list of B equal-length lists is taken too). May be
+                None only when a full SPINN follows its own predictions.
+            lengths: (B,) long, words per sentence, 1..N, or a list of B ints.
             use_given_transitions: full SPINN only: whether the given transitions drive the stack
                 (True) or the predicted ones (False). None means given in training mode, predicted in
                 eval mode. The other variants always follow the given transitions.
             schedule: `build_schedule(transitions, lengths)`, precomputed (for example in a collate
-                function) to spare the host work; built here when None.
+                function) to spare the host work; built here when None. A schedule built from other
+                transitions or lengths is refused.
 
         Returns:
             `SPINNOutput`; the transition fields are None without ``predict_transitions``.
 
         Raises:
-            SpinnError: shapes that do not match each other or the model, or (when the model parses)
-                lengths outside 1..N.
+            SpinnError: shapes that do not match each other or the model, lengths or transitions that
+                are not integers, a schedule built from other transitions or lengths, or (when the
+                model parses) lengths outside 1..N.
             ParseError: transitions that do not build one tree per sentence.
         """
+        if not isinstance(words, Tensor):
+            raise SpinnError(f"words: expected a float tensor of word vectors, found {type(words).__name__}")
+        lengths = as_long_tensor(lengths, "lengths", words.device)
+        if transitions is not None:
+            transitions = as_long_tensor(transitions, "transitions", words.device)
         batch, n_words = self._check_inputs(words, transitions, lengths)
         if self.transition_head is not None:
             given = self.training if use_given_transitions is None else use_given_transitions
@@ -289,6 +298,7 @@ class SPINN(nn.Module):
             schedule = build_schedule(transitions, lengths).to(words.device)
         else:
             schedule.check_fits(batch, n_words)
+            schedule.check_matches(transitions, lengths)
         tracker = self.tracker
         # Only the real words are projected: padding is about a quarter of a bucketed NLI batch, whose
         # hypotheses are shorter than its premises.
