@@ -218,31 +218,35 @@ def test_evaluate_reads_a_full_spinn_both_ways_into_separate_files(tiny_data, tm
     assert probabilities["given"] != probabilities["predicted"]
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        (
-            "train.batch_size=1",
-            "error: train.batch_size 1 gives 1 pair per process and batch norm (model.batch_norm) cannot "
-            "train on one: use at least 2",
-        ),
-        (
-            "train.compile=true",
-            "error: train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, "
-            "or the one $CXX names): install one, or set train.compile=false",
-        ),
-    ],
-)
-def test_settings_that_cannot_train_are_refused_before_anything_runs(
-    tiny_data, tmp_path, capsys, monkeypatch, override, expected
-):
-    """One pair per process with batch norm; torch.compile on the CPU where inductor finds no C++
-    compiler (its search path pointed at a missing one)."""
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-g++")))
+def test_batch_norm_with_one_pair_per_process_is_refused_before_anything_runs(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert user_error(train_main, [*tiny_data, *sets(f"train.out_dir={run}", override)], capsys) == expected
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "model.batch_norm=true", "train.batch_size=1")]
+    assert user_error(train_main, argv, capsys) == (
+        "error: train.batch_size 1 gives 1 pair per process and batch norm (model.batch_norm) cannot "
+        "train on one: use at least 2"
+    )
+    assert not run.exists()
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_anything_runs(tiny_data, tmp_path):
+    """torch.compile on the CPU where inductor finds no C++ compiler: $CXX, which inductor reads when
+    the process starts, names a missing one."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_INDUCTOR_INSTALL_GXX"}  # no conda g++ either
+    env |= {"PYTHONPATH": str(ROOT), "CXX": str(tmp_path / "no-g++")}
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.compile=true")]
+    proc = subprocess.run(
+        [sys.executable, "scripts/train.py", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, "
+        "or the one $CXX names): install one, or set train.compile=false\n"
+    ), proc.stderr
     assert not run.exists()
 
 
