@@ -405,16 +405,6 @@ def test_lengths_out_of_range_are_reported_when_the_model_parses(grad):
             model(words.view(6, 7), None, torch.tensor([4, 3]))
 
 
-def test_readme_example_runs():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Using SPINN in your own model", 1)[1].split("\n## ", 1)[0]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["loss"].item() > 0
-    assert all(p.grad is not None for p in namespace["model"].encoder.parameters())
-
-
 def test_a_finished_batch_frees_its_node_store():
     from spinn.model.spinn import _Rows
 

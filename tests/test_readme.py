@@ -1,0 +1,125 @@
+"""The README and docs/ stay true to the code: length, named files, links, and every command's options."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from spinn import evaluate, predict, train
+from spinn.config import load_config
+from spinn.data import download
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted([README, *ROOT.glob("*/README.md"), *ROOT.glob("docs/*.md")])
+MAX_README_LINES = 250
+
+#: The command-line entry points by name, each with its argument parser.
+PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
+    "train": train.build_parser,
+    "evaluate": evaluate.build_parser,
+    "predict": predict.build_parser,
+    "download": download.build_parser,
+}
+#: Repository paths a document names: folders ending in / and files with a suffix.
+PATH = re.compile(
+    r"(?<![\w./-])((?:configs|scripts|docs|benchmarks|examples|tests|spinn)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)"
+)
+LINK = re.compile(r"\]\(([^)#:]+)(?:#[^)]*)?\)")
+
+
+class Command(NamedTuple):
+    """One shell command of a fenced block: the document, the line it starts on, its words."""
+
+    doc: Path
+    line: int
+    words: list[str]
+
+
+def fenced_blocks(text: str, language: str) -> Iterator[tuple[int, str]]:
+    """(first line number, body) of each ```language block."""
+    for m in re.finditer(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M):
+        yield text.count("\n", 0, m.start()) + 2, m.group(1)
+
+
+def commands(doc: Path) -> Iterator[Command]:
+    """The commands of a document's bash blocks, continuation lines joined and comments dropped."""
+    for first, body in fenced_blocks(doc.read_text(encoding="utf-8"), "bash"):
+        joined = body.replace("\\\n", " ")
+        line = first
+        for text in joined.splitlines():
+            words = shlex.split(text, comments=True)
+            if words:
+                yield Command(doc, line, words)
+            line += 1
+
+
+def entry_point(words: list[str]) -> tuple[str, list[str]] | None:
+    """(command name, its arguments) for `python scripts/NAME.py ...` and the same under torchrun;
+    None for other commands."""
+    if words[0] not in ("python", "torchrun"):
+        return None
+    for i, word in enumerate(words):
+        if m := re.fullmatch(r"scripts/(\w+)\.py", word):
+            return m.group(1), words[i + 1 :]
+    return None
+
+
+def test_readme_is_a_short_door() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines, at most {MAX_README_LINES}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_and_link_named_in_the_docs_exists(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    named = {m.group(1) for m in PATH.finditer(text)}
+    missing = sorted(p for p in named if "*" not in p and not (ROOT / p).exists())
+    links = {m.group(1) for m in LINK.finditer(text)}
+    missing += sorted(link for link in links if not (doc.parent / link).exists())
+    assert not missing, f"{doc.relative_to(ROOT)} names what does not exist: {missing}"
+
+
+def documented_commands() -> list[Command]:
+    return [c for doc in DOCS for c in commands(doc) if entry_point(c.words) is not None]
+
+
+@pytest.mark.parametrize("cmd", documented_commands(), ids=lambda c: f"{c.doc.name}:{c.line}")
+def test_every_documented_command_parses_and_its_config_loads(cmd: Command) -> None:
+    """Each `python scripts/*.py` command of the docs has only options its parser knows, and a train
+    command's config with its --set overrides loads (known keys, right types)."""
+    name, argv = entry_point(cmd.words)
+    where = f"{cmd.doc.relative_to(ROOT)}:{cmd.line}: {shlex.join(cmd.words)}"
+    assert name in PARSERS, f"{where}: no entry point named {name!r}"
+    parser = PARSERS[name]()
+    parser.add_argument("--debug", action="store_true")
+    parser.exit_on_error = False
+    try:
+        args = parser.parse_args(argv)
+    except (argparse.ArgumentError, SystemExit) as err:
+        pytest.fail(f"{where}: {err}")
+    if name == "train" and args.config is not None:
+        load_config(ROOT / args.config, args.set)
+
+
+def test_the_documented_commands_are_found() -> None:
+    """The parser test above sees the README's quick start and paper commands (the block format holds)."""
+    names = [entry_point(c.words)[0] for c in commands(README) if entry_point(c.words)]
+    assert {"train", "evaluate", "predict", "download"} <= set(names)
+
+
+def test_the_readme_python_example_runs() -> None:
+    """The encoder example of the README runs as written and trains one step."""
+    text = README.read_text(encoding="utf-8")
+    blocks = [body for _, body in fenced_blocks(text, "python") if "SentenceClassifier" in body]
+    assert len(blocks) == 1
+    scope: dict[str, object] = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102
+    assert scope["loss"].item() > 0
+    assert all(p.grad is not None for p in scope["model"].encoder.parameters())
