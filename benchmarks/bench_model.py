@@ -4,8 +4,8 @@
 
 Everything is measured in one run, side by side (ours and the reference alternate within each
 repetition, so a change in the machine's load hits both), as medians over repetitions after a warm-up
-(from batch 512 the reference runs once, cold, without a memory pass: it needs ~30 s per training batch
-there, and the default run has to fit in about 10 minutes on 2 cores):
+call of every implementation: a first call pays for memory the allocator has not handed out yet, so
+no ratio is ever taken against a cold run:
 
 * training (forward + backward + RMSprop step of the NLI classifier) and evaluation (forward, no grad)
   throughput in sentence pairs/s on real SNLI pairs bucketed as in training, for each variant, batch
@@ -30,7 +30,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +54,6 @@ from reference_spinn import load_from_classifier, reference_for  # noqa: E402
 SIZES = {300: 64, 100: 64}  # d_hidden: d_tracker
 D_EMBED = 300
 MLP_DIM = 1024
-#: From this batch size the reference runs once, cold, and its memory is not measured.
-COLD_FROM = 512
 
 
 @dataclass
@@ -127,17 +125,14 @@ def step_fns(model, batches: list[NLIBatch], setup: Setup) -> tuple[Callable[[],
     return train, evaluate
 
 
-def side_by_side(
-    fns: dict[str, Callable[[], float | None]], reps: int, warm_up: Sequence[str] | None = None
-) -> dict[str, float]:
-    """Median seconds of each fn after one warm-up call (of those named in ``warm_up``; None: all),
-    alternating the fns within each repetition.
+def side_by_side(fns: dict[str, Callable[[], float | None]], reps: int) -> dict[str, float]:
+    """Median seconds of each fn after one warm-up call of every fn, alternating the fns within each
+    repetition.
 
     A fn that returns a number reports its own seconds (the ceiling probes); the others are timed.
     """
-    for name, fn in fns.items():
-        if warm_up is None or name in warm_up:
-            fn()
+    for fn in fns.values():
+        fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
@@ -255,8 +250,8 @@ def ceiling_probe(batches, d, dt, predict, train, setup: Setup) -> tuple[float, 
 
 def default_batches(batch_size: int, quick: bool) -> int:
     """Batches per repetition: more at small sizes, where one batch's sentence lengths would otherwise
-    set the ratio (a batch of 32 takes ~0.1 s), one at 512 (the reference needs ~30 s per batch)."""
-    if quick or batch_size >= COLD_FROM:
+    set the ratio, one from 512 on."""
+    if quick or batch_size >= 512:
         return 1
     return 4 if batch_size <= 32 else 2
 
@@ -282,9 +277,6 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                 dt = None if variant == "spinn_pi_nt" else SIZES[d]
                 macs, probe_train = ceiling_probe(batches, d, dt, variant == "spinn", True, setup)
                 _, probe_eval = ceiling_probe(batches, d, dt, variant == "spinn", False, setup)
-                # From batch 512 the reference trains for tens of seconds a batch: it runs once, cold
-                # (ours and the probes still get their warm-up: a GPU's first calls set it up).
-                big = bs >= COLD_FROM
                 secs = side_by_side(
                     {
                         "ours_train": ours_train,
@@ -294,8 +286,7 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                         "ref_eval": ref_eval,
                         "ceil_eval": probe_eval,
                     },
-                    1 if big else setup.reps,
-                    ("ours_train", "ceil_train", "ours_eval", "ceil_eval") if big else None,
+                    setup.reps,
                 )
                 pairs = bs * len(batches)
                 ceil_train, ceil_eval = pairs / secs["ceil_train"], pairs / secs["ceil_eval"]
@@ -306,8 +297,7 @@ def throughput(dataset, vocab_size, args, setup: Setup, rows: list[dict], save: 
                     "macs_per_pair_fwd": macs / 3,
                     "max_logit_diff": diff,
                     "ours_mem_mb": memory_mb(runner, batches[0], setup),
-                    # One more training batch of the reference is another tens of seconds from 512 on.
-                    "ref_mem_mb": None if big else memory_mb(ref, batches[0], setup),
+                    "ref_mem_mb": memory_mb(ref, batches[0], setup),
                 }
                 for mode, ceil in (("train", ceil_train), ("eval", ceil_eval)):
                     ours, theirs = pairs / secs[f"ours_{mode}"], pairs / secs[f"ref_{mode}"]
@@ -373,7 +363,7 @@ def per_token(vocab_size, args, setup: Setup, rows: list[dict], save: Callable[[
 
 
 def format_row(r: dict) -> str:
-    ref_mb = "-" if r["ref_mem_mb"] is None else f"{r['ref_mem_mb']:.1f}"
+    ref_mb = f"{r['ref_mem_mb']:.1f}"
     return (
         f"| {r['variant']:<11} | {r['d_hidden']:3d} | {r['batch']:4d} "
         f"| {r['train_ours']:7.0f} | {r['train_ref']:7.0f} | {r['train_ratio']:5.2f}x "

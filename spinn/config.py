@@ -27,10 +27,14 @@ from spinn.cli import DEVICE_NAMES, is_device_name
 from spinn.data.snli import TOO_LONG_POLICIES
 from spinn.errors import SpinnError
 from spinn.model.classifier import VARIANTS, NLIClassifier
+from spinn.model.compositions import COMPOSITIONS
+from spinn.model.leaves import LEAVES
 
 # The model's and the reader's own lists of names, as the schema's types (a Literal of a tuple is the
 # Literal of its items), so that no list is kept in sync by hand.
 Variant = Literal[VARIANTS]
+Composition = Literal[tuple(COMPOSITIONS)]
+Leaf = Literal[LEAVES]
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 TooLong = Literal[TOO_LONG_POLICIES]
 VARIANTS_WITH_TRACKER = ("spinn_pi", "spinn")
@@ -102,6 +106,12 @@ class ModelConfig:
     d_hidden: int = 300
     #: Tracker LSTM size; null for spinn_pi_nt, required by spinn_pi and spinn.
     d_tracker: int | None = 61
+    #: How REDUCE composes two children: treelstm (the paper's), treegru or tanh
+    #: (`spinn.model.COMPOSITIONS`; the last two run on the slower reference path).
+    composition: Composition = "treelstm"
+    #: What SHIFT puts on the stack: projection (of each word alone, the paper's), or the output of an
+    #: lstm, gru or bilstm run over the sentence's words first.
+    leaf: Leaf = "projection"
     mlp_layers: int = 2
     mlp_dim: int = 1024
     #: Dropout on the word embeddings (before their projection) and in the MLP.
@@ -324,6 +334,11 @@ def validate(cfg: Config) -> None:
             f"model.d_tracker: variant 'spinn_pi_nt' has no Tracker, found d_tracker={m.d_tracker}; "
             "set model.d_tracker=null"
         )
+    if m.leaf == "bilstm" and m.composition != "treelstm" and m.d_hidden % 2:
+        raise ConfigError(
+            f"model.leaf: bilstm splits a {m.composition} leaf of d_hidden {m.d_hidden} between two "
+            "directions: use an even model.d_hidden"
+        )
     if m.freeze_embeddings and v.glove is None:
         raise ConfigError(
             "model.freeze_embeddings: true with vocab.glove null would train on frozen random vectors; "
@@ -375,7 +390,8 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        expected = f"one of {', '.join(map(str, args))}"
+        close = difflib.get_close_matches(str(value), list(map(str, args)), n=1)
+        expected = f"one of {', '.join(map(str, args))}" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     elif hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -421,6 +437,8 @@ def build_model(cfg: Config, vocab_size: int, embeddings: torch.Tensor | None = 
         d_hidden=m.d_hidden,
         d_tracker=m.d_tracker,
         variant=m.variant,
+        composition=m.composition,
+        leaf=m.leaf,
         mlp_layers=m.mlp_layers,
         mlp_dim=m.mlp_dim,
         dropout=m.dropout,

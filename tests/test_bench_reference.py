@@ -97,14 +97,27 @@ def test_a_training_step_needs_no_host_round_trip(snli, variant, monkeypatch):
 
 
 def test_the_benchmark_runs_end_to_end_at_tiny_sizes(data_dir, tmp_path, monkeypatch):
-    """bench_model.py as gpu.sh runs it (--n-batches 1, two batch sizes, the larger one cold), on the CPU
-    with a tiny model: every row is measured, saved and sane."""
+    """bench_model.py as gpu.sh runs it (--n-batches 1, two batch sizes), on the CPU with a tiny model:
+    every row is measured, saved and sane, and every implementation is warmed up before it is timed."""
     spec = importlib.util.spec_from_file_location("bench_model", _PATH.with_name("bench_model.py"))
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_model", bench)  # its dataclass looks its module up there
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "SIZES", {8: 4, 300: 64})  # 300: the time-per-token model
-    monkeypatch.setattr(bench, "COLD_FROM", 8)
+    calls: dict[str, int] = {}
+    side_by_side = bench.side_by_side
+
+    def counted(name, fn):
+        def call():
+            calls[name] = calls.get(name, 0) + 1
+            return fn()
+
+        return call
+
+    def counting(fns, reps):
+        return side_by_side({name: counted(name, fn) for name, fn in fns.items()}, reps)
+
+    monkeypatch.setattr(bench, "side_by_side", counting)
     out = tmp_path / "b.json"
     argv = ["--data", str(data_dir), "--d-hidden", "8", "--batch-sizes", "4", "8", "--n-batches", "1"]
     argv += ["--reps", "1", "--token-batch", "2", "--variants", "spinn_pi_nt", "spinn", "--json", str(out)]
@@ -121,5 +134,6 @@ def test_the_benchmark_runs_end_to_end_at_tiny_sizes(data_dir, tmp_path, monkeyp
     ]
     for r in rows:
         assert r["max_logit_diff"] < 1e-5 and r["train_ratio"] > 0 and r["eval_ceiling"] > 0
-        assert (r["ref_mem_mb"] is None) == (r["batch"] >= 8)  # the cold size skips the reference's
+        assert r["ref_mem_mb"] > 0
+    assert calls["ref_train"] == calls["ours_train"] == 2 * len(rows)  # a warm-up and one timed call each
     assert [p["words"] for p in result["per_token"]] == [10, 20, 40, 80]

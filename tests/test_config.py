@@ -71,7 +71,13 @@ def test_unknown_key_in_file_names_file_key_and_nearest_valid_key(tmp_path):
     [
         ("optim.lr=fast", "key 'optim.lr': expected a number, found 'fast' (str)"),
         ("model.d_hidden=true", "key 'model.d_hidden': expected an integer, found True (bool)"),
-        ("model.variant=spin", "expected one of spinn_pi_nt, spinn_pi, spinn"),
+        ("model.variant=spin", "expected one of spinn_pi_nt, spinn_pi, spinn (did you mean 'spinn'?)"),
+        ("model.composition=treelsm", "expected one of treelstm, treegru, tanh (did you mean 'treelstm'?)"),
+        ("model.leaf=bilsm", "key 'model.leaf': expected one of projection, lstm, bilstm, gru (did you mean"),
+        (
+            "model.leaf=bilstm model.composition=tanh model.d_hidden=301",
+            "model.leaf: bilstm splits a tanh leaf of d_hidden 301 between two directions",
+        ),
         ("modle.d_hidden=3", "unknown key 'modle' (did you mean 'model'?)"),
         ("train.batch_sise=3", "did you mean 'train.batch_size'?"),
         ("model=3", "'model' is a section; set one of its keys: model.variant"),
@@ -85,7 +91,7 @@ def test_unknown_key_in_file_names_file_key_and_nearest_valid_key(tmp_path):
 )
 def test_override_errors_name_the_key(override, expected):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_config(None, override.split())
     assert expected in str(err.value)
 
 

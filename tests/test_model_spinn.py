@@ -1,13 +1,8 @@
-"""The batched SPINN against a plain reference, batch invariance, predicted parses, gradients.
-
-The reference (one sentence at a time) reads the weights of a `spinn.model.SPINN` but none of its
-code: the TreeLSTM walks the tree recursively, the Tracker walks the transitions with a list stack
-and a list buffer.
-"""
+"""The batched SPINN's engine against the reference (`spinn.model.reference`), batch invariance,
+predicted parses, gradients."""
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 from pathlib import Path
@@ -20,8 +15,7 @@ from torch import Tensor
 
 from spinn import pad_sentences
 from spinn.errors import ParseError, SpinnError
-from spinn.model import SPINN, build_schedule
-from spinn.model.spinn import Reduce
+from spinn.model import SPINN, Reduce, build_schedule
 from spinn.transitions import (
     PAD,
     REDUCE,
@@ -31,82 +25,6 @@ from spinn.transitions import (
     right_branching,
     validate_transitions,
 )
-
-
-def _leaf(model: SPINN, word: Tensor) -> tuple[Tensor, Tensor]:
-    hc = model.leaf.weight @ word + model.leaf.bias
-    return hc[: model.d_hidden], hc[model.d_hidden :]
-
-
-def _tree_lstm(model: SPINN, left, right, tracking: Tensor | None) -> tuple[Tensor, Tensor]:
-    d = model.d_hidden
-    w, b = model.reduce.gates.weight, model.reduce.gates.bias
-    z = w[:, :d] @ left[0] + w[:, d : 2 * d] @ right[0] + b
-    if tracking is not None:
-        z = z + w[:, 2 * d :] @ tracking
-    i, f_left, f_right, o, g = (z[k * d : (k + 1) * d] for k in range(5))
-    c = torch.sigmoid(f_left) * left[1] + torch.sigmoid(f_right) * right[1] + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def _tree(transitions: list[int]):
-    """Nested pairs of word indices, e.g. ((0, 1), 2)."""
-    stack, word = [], 0
-    for t in transitions:
-        if t == SHIFT:
-            stack.append(word)
-            word += 1
-        else:
-            right, left = stack.pop(), stack.pop()
-            stack.append((left, right))
-    (tree,) = stack
-    return tree
-
-
-def reference_tree_lstm(model: SPINN, words: Tensor, transitions: list[int]) -> Tensor:
-    """SPINN-PI-NT: the root's h, composing the tree recursively. words (n, d_input)."""
-
-    def encode(node):
-        if isinstance(node, int):
-            return _leaf(model, words[node])
-        return _tree_lstm(model, encode(node[0]), encode(node[1]), None)
-
-    return encode(_tree(transitions))[0]
-
-
-def reference_tracked(model: SPINN, words: Tensor, transitions: list[int]) -> tuple[Tensor, Tensor | None]:
-    """SPINN-PI / SPINN: the root's h and the (2n - 1, 2) transition logits (or None)."""
-    tracker = model.tracker
-    dt = tracker.d_tracker
-    w, b = tracker.gates.weight, tracker.gates.bias
-    zero = words.new_zeros(model.d_hidden)
-    buffer = [_leaf(model, words[i]) for i in range(len(words))]
-    stack: list[tuple[Tensor, Tensor]] = []
-    h, c = words.new_zeros(dt), words.new_zeros(dt)
-    logits = []
-    for t in transitions:
-        x = torch.cat(
-            (
-                buffer[0][0] if buffer else zero,
-                stack[-1][0] if stack else zero,
-                stack[-2][0] if len(stack) > 1 else zero,
-                h,
-            )
-        )
-        z = w @ x + b
-        i, f, g, o = (z[k * dt : (k + 1) * dt] for k in range(4))
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        if model.transition_head is not None:
-            logits.append(model.transition_head.weight @ h + model.transition_head.bias)
-        if t == SHIFT:
-            stack.append(buffer.pop(0))
-        else:
-            assert t == REDUCE
-            right, left = stack.pop(), stack.pop()
-            stack.append(_tree_lstm(model, left, right, h))
-    (root,) = stack
-    return root[0], torch.stack(logits) if logits else None
 
 
 def read_parses(path: Path, n: int) -> list[tuple[list[str], list[int]]]:
@@ -153,19 +71,6 @@ def random_batch(lengths: list[int], d_input: int, seed: int):
     return words, s.transitions, s.lengths, transitions
 
 
-def reference(model: SPINN, words: Tensor, lengths: Tensor, transitions: list[list[int]]):
-    hs, logits = [], []
-    for b, trans in enumerate(transitions):
-        w = words[b, : int(lengths[b])]
-        if model.tracker is None:
-            hs.append(reference_tree_lstm(model, w, trans))
-        else:
-            h, lg = reference_tracked(model, w, trans)
-            hs.append(h)
-            logits.append(lg)
-    return torch.stack(hs), (torch.cat(logits) if logits and logits[0] is not None else None)
-
-
 def loss_and_grads(model: SPINN, h: Tensor, logits: Tensor | None, targets: Tensor | None):
     """A loss touching every output: weighted h, plus the transition cross-entropy for a full SPINN."""
     model.zero_grad()
@@ -177,25 +82,29 @@ def loss_and_grads(model: SPINN, h: Tensor, logits: Tensor | None, targets: Tens
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def check_against_reference(variant: str, words, transitions, lengths, seqs, atol=1e-5):
+def check_against_reference(variant: str, words, transitions, lengths, atol=1e-5):
+    """The engine (with and without a gradient) against the reference, `spinn.model.reference`."""
     model = make_model(variant, d_input=words.shape[2])
-    out = model(words, transitions, lengths, use_given_transitions=True)
     real = transitions[transitions != PAD]
-    logits = None if out.transition_logits is None else out.transition_logits[transitions != PAD]
-    grads = loss_and_grads(model, out.h, logits, real)
-    ref_h, ref_logits = reference(model, words, lengths, seqs)
-    ref_grads = loss_and_grads(model, ref_h, ref_logits, real)
-    torch.testing.assert_close(out.h, ref_h, atol=atol, rtol=1e-5)
+
+    def run(engine: bool):
+        model.use_engine = engine
+        out = model(words, transitions, lengths, use_given_transitions=True)
+        assert model.last_path == ("engine" if engine else "reference")
+        logits = None if out.transition_logits is None else out.transition_logits[transitions != PAD]
+        return out, logits, loss_and_grads(model, out.h, logits, real)
+
+    (out, logits, grads), (ref, ref_logits, ref_grads) = run(True), run(False)
+    torch.testing.assert_close(out.h, ref.h, atol=atol, rtol=1e-5)
+    model.use_engine = True
     with torch.no_grad():  # evaluation takes another route: outside autograd, nothing kept for a backward
         out_no_grad = model(words, transitions, lengths, use_given_transitions=True)
-    torch.testing.assert_close(out_no_grad.h, ref_h, atol=atol, rtol=1e-5)
+    torch.testing.assert_close(out_no_grad.h, ref.h, atol=atol, rtol=1e-5)
     if ref_logits is not None:
         torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=1e-5)
         no_grad_logits = out_no_grad.transition_logits[transitions != PAD]
         torch.testing.assert_close(no_grad_logits, ref_logits, atol=atol, rtol=1e-5)
-        assert out.transition_loss.item() == pytest.approx(
-            torch.nn.functional.cross_entropy(ref_logits, real).item(), abs=1e-5
-        )
+        assert out.transition_loss.item() == pytest.approx(ref.transition_loss.item(), abs=1e-5)
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=atol, rtol=1e-5, msg=name)
@@ -205,8 +114,8 @@ def check_against_reference(variant: str, words, transitions, lengths, seqs, ato
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_reference_on_random_trees(variant, seed):
     lengths = random.Random(seed).choices(range(1, 15), k=7)
-    words, transitions, lengths_t, seqs = random_batch(lengths, 7, seed)
-    check_against_reference(variant, words, transitions, lengths_t, seqs)
+    words, transitions, lengths_t, _ = random_batch(lengths, 7, seed)
+    check_against_reference(variant, words, transitions, lengths_t)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -215,7 +124,7 @@ def test_matches_reference_on_real_parses(variant, data_dir):
     s = pad_sentences([[1] * len(w) for w, _ in parses], [t for _, t in parses])
     torch.manual_seed(3)
     words = torch.randn(len(parses), s.tokens.shape[1], 7)
-    check_against_reference(variant, words, s.transitions, s.lengths, [t for _, t in parses])
+    check_against_reference(variant, words, s.transitions, s.lengths)
 
 
 @pytest.mark.parametrize(
@@ -405,18 +314,6 @@ def test_lengths_out_of_range_are_reported_when_the_model_parses(grad):
             model(words.view(6, 7), None, torch.tensor([4, 3]))
 
 
-def test_a_finished_batch_frees_its_node_store():
-    from spinn.model.spinn import _Rows
-
-    model = make_model("spinn")
-    words, transitions, lengths, _ = random_batch([4, 6], 7, seed=1)
-    for _ in range(3):
-        out = model(words, transitions, lengths)
-        (out.h.sum() + out.transition_loss).backward()
-    del out
-    gc.collect()
-    assert not [o for o in gc.get_objects() if type(o) is _Rows]
-
 
 def test_a_precomputed_schedule_gives_the_same_result():
     model = make_model("spinn_pi")
@@ -505,11 +402,13 @@ def test_reduce_starts_with_its_forget_gates_open():
 
 
 def follow_predictions_both_routes(model: SPINN, words: Tensor, transitions: Tensor, lengths: Tensor):
-    """A full SPINN following its predictions: (no-grad route, autograd route) outputs."""
+    """A full SPINN following its predictions: (the engine without a gradient, the reference with one)."""
     with torch.no_grad():
         fast = model(words, transitions, lengths, use_given_transitions=False)
+    assert model.last_path == "engine"
     with torch.enable_grad():
         recorded = model(words.clone().requires_grad_(), transitions, lengths, use_given_transitions=False)
+    assert model.last_path == "reference"
     assert recorded.h.requires_grad and not fast.h.requires_grad
     return fast, recorded
 
@@ -555,23 +454,17 @@ def test_evaluation_without_gradients_matches_the_autograd_route_under_bf16_auto
     )
 
 
-def test_evaluation_without_gradients_skips_autograd(monkeypatch):
-    """No gradient wanted (no_grad, or nothing requires one): the route outside autograd is taken."""
-    calls = []
-    autograd_route = SPINN._follow_predictions_autograd
-
-    def spy(self, *args):
-        calls.append(torch.is_grad_enabled())
-        return autograd_route(self, *args)
-
-    monkeypatch.setattr(SPINN, "_follow_predictions_autograd", spy)
+def test_evaluation_without_gradients_skips_autograd():
+    """No gradient wanted (no_grad, or nothing requires one): the engine's route outside autograd is
+    taken; with one, the reference."""
     model = make_model("spinn").eval()
     words, _, lengths, _ = random_batch([4, 6], 7, seed=1)
     with torch.no_grad():
         model(words, None, lengths)
+    assert model.last_path == "engine"
     model.requires_grad_(False)
     model(words, None, lengths)
-    assert calls == []
+    assert model.last_path == "engine"
     model.requires_grad_(True)
     model(words, None, lengths)
-    assert calls == [True]
+    assert model.last_path == "reference"

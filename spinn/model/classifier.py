@@ -36,11 +36,10 @@ class ClassifierOutput:
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` with a mask half as costly on the CPU, where torch's `bernoulli_` draws a double per
-    element (6 ns here) and `torch.rand` a float (2.9 ns): the mask is ``rand >= p``. On the
-    embeddings of a batch (800 x 300) it takes 0.52x the time of `F.dropout`. On other devices (one
-    fused kernel there), for dtypes other than float32, in eval mode, in place and at p of 0 or 1 it
-    is `nn.Dropout`.
+    """`nn.Dropout` with a cheaper mask on the CPU, where torch's `bernoulli_` draws a double per
+    element and `torch.rand` a float: the mask is ``rand >= p`` (benchmarks/README.md has the
+    figures). On other devices (one fused kernel there), for dtypes other than float32, in eval mode,
+    in place and at p of 0 or 1 it is `nn.Dropout`.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -59,6 +58,8 @@ class NLIClassifier(nn.Module):
         d_hidden: size of the SPINN node states.
         d_tracker: size of the Tracker (ignored by "spinn_pi_nt").
         variant: one of `VARIANTS`.
+        composition: the encoder's composition, a name of `spinn.model.COMPOSITIONS` (see `SPINN`).
+        leaf: the encoder's leaf encoder, a name of `spinn.model.LEAVES` (see `SPINN`).
         mlp_layers: hidden layers of the MLP (0 gives a linear classifier on the features).
         mlp_dim: width of each hidden layer.
         dropout: dropout rate on the embeddings and in the MLP.
@@ -82,6 +83,8 @@ class NLIClassifier(nn.Module):
         d_hidden: int = 300,
         d_tracker: int = 64,
         variant: str = "spinn_pi",
+        composition: str = "treelstm",
+        leaf: str = "projection",
         mlp_layers: int = 1,
         mlp_dim: int = 1024,
         dropout: float = 0.1,
@@ -114,6 +117,8 @@ class NLIClassifier(nn.Module):
             d_hidden,
             d_tracker=None if variant == "spinn_pi_nt" else d_tracker,
             predict_transitions=variant == "spinn",
+            composition=composition,
+            leaf=leaf,
         )
         layers: list[nn.Module] = [nn.BatchNorm1d(4 * d_hidden)] if batch_norm else []
         d_in = 4 * d_hidden

@@ -16,7 +16,7 @@ whole loop -- Tracker steps and REDUCEs -- is one `torch.autograd.Function`:
   prefix of the last step's rows (`_TrackerRows`): the loop body is the kernels and nothing else;
 * the candidate gate's tanh(z) is computed as 2 sigmoid(2 z) - 1, the factor 2 folded into its
   weights, so one sigmoid covers all gates; tanh(c) too for float32 on the CPU, whose tanh kernel is
-  several times slower than its sigmoid (`_Cells.tanh`);
+  several times slower than its sigmoid (`Kernels.tanh`);
 * the backward walks the steps in reverse with gradient stores of the same layout, taken from memory
   kept between calls on the CPU (`_Workspace`), and computes the weight gradients at the end with one
   matmul over all steps instead of one per step (the per-step shapes are small, the single one runs
@@ -42,6 +42,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spinn.model.cells import (
+    Kernels,
+    ReduceGates,
+    TrackerGates,
+    activation_grads,
+    one_minus_square,
+    reduce_blocks,
+    split_gates,
+    tracker_blocks,
+)
 from spinn.model.schedule import Schedule
 
 
@@ -92,99 +102,12 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _split(x: Tensor, n: int) -> tuple[Tensor, ...]:
-    return x.split(x.shape[-1] // n, dim=-1)
-
-
-def _double_gate(w: Tensor, n_gates: int, gate: int) -> Tensor:
-    """w (or a bias) with the rows of one gate doubled, so that one sigmoid over all the gates gives
-    sigmoid(2 z) for that gate, and tanh(z) = 2 sigmoid(2 z) - 1 needs no separate kernel."""
-    scale = w.new_ones(n_gates, w.shape[0] // n_gates)
-    scale[gate] = 2
-    return w * scale.view(-1, *(1,) * (w.dim() - 1))
-
-
-def _reduce_blocks(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Reduce's weight (5 D, 2 D + d_tracker) as its columns for [h_left; h_right] and for the Tracker."""
-    d = w.shape[0] // 5
-    return w[:, : 2 * d], w[:, 2 * d :]
-
-
-def _tracker_blocks(w: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The Tracker's weight (4 d_tracker, 3 D + d_tracker) as its columns for the buffer top, for
-    [stack top; second] and for its own h."""
-    return w[:, :d], w[:, d : 3 * d], w[:, 3 * d :]
-
-
-def _one_minus_square(a: Tensor, out: Tensor) -> Tensor:
-    """1 - a^2 into out: the derivative of tanh from its value."""
-    return torch.mul(a, a, out=out).neg_().add_(1)
-
-
-class _Cells:
-    """The Tracker's and Reduce's cells as both step loops (this module's and the full SPINN's over its
-    own predictions) run them: weights transposed for `torch.addmm`, the rows of each tanh gate doubled
-    (`_double_gate`), the constants 0-dim tensors, and the elementwise part of each cell written into
-    buffers the caller owns. Gate layouts follow `spinn.model.spinn`."""
-
-    def __init__(self, w_r: Tensor, b_r: Tensor, w_t: Tensor | None, b_t: Tensor | None) -> None:
-        d = w_r.shape[0] // 5
-        self.two, self.one = w_r.new_full((), 2.0), w_r.new_full((), 1.0)  # filled on the device
-        # torch's float32 tanh on the CPU is several times slower than its sigmoid; elsewhere (a GPU,
-        # bf16) its kernel is one launch instead of four, and more accurate near 0 in bf16.
-        self.sigmoid_tanh = w_r.device.type == "cpu" and w_r.dtype == torch.float32
-        self.reduce_bias = _double_gate(b_r, 5, 4)
-        self.reduce_children, self.reduce_tracker = (w.t() for w in _reduce_blocks(_double_gate(w_r, 5, 4)))
-        self.tracked = w_t is not None
-        if self.tracked:
-            self.tracker_bias = _double_gate(b_t, 4, 2)
-            self.tracker_buffer, self.tracker_stack, self.tracker_hidden = (
-                w.t() for w in _tracker_blocks(_double_gate(w_t, 4, 2), d)
-            )
-
-    def tanh(self, x: Tensor, out: Tensor) -> Tensor:
-        """tanh(x) into out: torch's kernel, or for float32 on the CPU 2 sigmoid(2 x) - 1 (equal to
-        float32 rounding; the constants are 0-dim tensors: an in-place op with a Python number costs
-        twice as much on the CPU)."""
-        if not self.sigmoid_tanh:
-            return torch.tanh(x, out=out)
-        return torch.mul(x, self.two, out=out).sigmoid_().mul_(self.two).sub_(self.one)
-
-    def buffer_gates(self, leaf_h: Tensor, out: Tensor) -> Tensor:
-        """The buffer top's share of the Tracker's gates and their bias into out (1 + W, 4 d_tracker),
-        for every leaf (a buffer top is always one) in one matmul; row 0, an empty buffer, holds the
-        bias alone."""
-        out[0] = self.tracker_bias
-        torch.addmm(self.tracker_bias, leaf_h, self.tracker_buffer, out=out[1:])
-        return out
-
-    def tracker(self, z: Tensor, gates, c_prev: Tensor, c_new: Tensor, h_new: Tensor, tanh_c: Tensor) -> None:
-        """The LSTM cell from the pre-activations z, whose gate views are ``gates`` (i, f, g, o):
-        the activations in place, c into c_new, h into h_new and tanh(c) into tanh_c."""
-        i, f, g, o = gates
-        z.sigmoid_()
-        g.mul_(self.two).sub_(self.one)  # tanh
-        torch.mul(i, g, out=c_new).addcmul_(f, c_prev)
-        torch.mul(o, self.tanh(c_new, tanh_c), out=h_new)
-
-    def reduce(
-        self, z: Tensor, gates, c_left: Tensor, c_right: Tensor, c_new: Tensor, h_new: Tensor, tanh_c: Tensor
-    ) -> None:
-        """The TreeLSTM cell from the pre-activations z, whose gate views are ``gates`` (i, f_left,
-        f_right, o, g): the activations in place, c into c_new, h into h_new and tanh(c) into tanh_c."""
-        i, f_left, f_right, o, g = gates
-        z.sigmoid_()
-        g.mul_(self.two).sub_(self.one)  # tanh
-        torch.mul(i, g, out=c_new).addcmul_(f_left, c_left).addcmul_(f_right, c_right)
-        torch.mul(o, self.tanh(c_new, tanh_c), out=h_new)
-
-
 def _batch_tables(
-    cells: _Cells, leaves: Tensor, leaf_ids: Tensor, n_rows: int, fresh: bool, **shapes: tuple[int, ...]
+    cells: Kernels, leaves: Tensor, leaf_ids: Tensor, n_rows: int, fresh: bool, **shapes: tuple[int, ...]
 ) -> dict[str, Tensor]:
     """A batch's tables: the node stores "h_store" and "c_store" (n_rows, D) with zeros in row 0 (the
     empty slot) and the leaves' [h; c] in the rows ``leaf_ids`` (the other rows are written before they
-    are read; rows of padding never are); with a Tracker, "buffer_gates" (`_Cells.buffer_gates`); and
+    are read; rows of padding never are); with a Tracker, "buffer_gates" (`Kernels.buffer_gates`); and
     the tables of ``shapes``, unwritten. Fresh (``fresh``: the caller keeps them, as the backward
     reads the training forward's), else from the kept workspace (`_Workspace`)."""
     d = leaves.shape[1] // 2
@@ -198,14 +121,6 @@ def _batch_tables(
     if cells.tracked:
         cells.buffer_gates(leaves[:, :d], out=tables["buffer_gates"])
     return tables
-
-
-def _activation_grads(act: Tensor, n_gates: int, tanh_gate: int, out: Tensor) -> Tensor:
-    """The derivative of each gate's activation from its value a, into out: a (1 - a) for the sigmoids,
-    1 - a^2 for the tanh gate."""
-    torch.sub(act, torch.mul(act, act, out=out), out=out)
-    _one_minus_square(_split(act, n_gates)[tanh_gate], out=_split(out, n_gates)[tanh_gate])
-    return out
 
 
 class _Workspace(threading.local):
@@ -324,10 +239,11 @@ class _StepRows:
             return list(buffer.split(sizes))
         return [self.pool.cached((name, s), lambda s=s: buffer[:s]) for s in sizes]
 
-    def gates(self, buffer: Tensor, name: str, n_gates: int) -> list[tuple[Tensor, ...]]:
-        """Each step's gate blocks of ``buffer`` (rows, n_gates * width), named ``name.k``."""
-        blocks = _split(buffer, n_gates)
-        return list(zip(*(self.views(g, f"{name}.{k}") for k, g in enumerate(blocks)), strict=True))
+    def gates(self, buffer: Tensor, name: str, layout: type[TrackerGates] | type[ReduceGates]) -> list:
+        """Each step's gate blocks of ``buffer`` (rows, gates * width) as ``layout``s, named ``name.k``."""
+        blocks = split_gates(buffer, layout)
+        steps = zip(*(self.views(g, f"{name}.{k}") for k, g in enumerate(blocks)), strict=True)
+        return [layout(*step) for step in steps]
 
 
 class _TrackerRows:
@@ -365,7 +281,7 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
     dt = w_t.shape[0] // 4 if tracked else 0
     sizes, ids = _reduce_ids(schedule, tracked)
     leaves = leaves.detach()
-    cells = _Cells(w_r, b_r, w_t, b_t)
+    cells = Kernels(w_r, b_r, w_t, b_t)
     active = schedule.tracker_active if tracked else []
     states = (batch + sum(active), dt)  # the Tracker's packed h and c (`_TrackerRows`); no columns without
     tables = _batch_tables(cells, leaves, schedule.leaf_ids, schedule.n_rows, keep, h_t=states, c_t=states)
@@ -389,7 +305,7 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
         ),
         zip(
             reduces.views(act, "act"),
-            reduces.gates(act, "act", 5),
+            reduces.gates(act, "act", ReduceGates),
             reduces.views(tanh_c, "tanh_c"),
             strict=True,
         ),
@@ -419,7 +335,7 @@ def _forward(leaves, w_r, b_r, w_t, b_t, schedule: Schedule, keep: bool, tracker
             zip(tracks.views(xt.view(-1, d), "xt_rows", 2), tracks.views(xt, "xt"), strict=True),
             zip(
                 tracks.views(act_t, "act_t"),
-                tracks.gates(act_t, "act_t", 4),
+                tracks.gates(act_t, "act_t", TrackerGates),
                 tracks.views(tanh_ct, "tanh_ct"),
                 strict=True,
             ),
@@ -518,14 +434,14 @@ class _Encode(torch.autograd.Function):
             g_h.index_copy_(0, schedule.root, g_root.to(g_h.dtype))
         # The gradient of every REDUCE's gate pre-activations: the activations' derivatives, times (step
         # by step) the gradient of the activations, gathered in one step's scratch rows u.
-        dz = _activation_grads(act, 5, 4, out=ws["dz"])
-        d_tanh_c = _one_minus_square(tanh_c, out=ws["d_tanh_c"])
-        w_c, w_e = _reduce_blocks(w_r)
+        dz = activation_grads(act, ReduceGates, out=ws["dz"])
+        d_tanh_c = one_minus_square(tanh_c, out=ws["d_tanh_c"])
+        w_c, w_e = reduce_blocks(w_r)
         reduce_steps = zip(
             sizes,
             zip(
                 reduces.views(dz, "dz"),
-                reduces.gates(act, "act", 5),
+                reduces.gates(act, "act", ReduceGates),
                 reduces.views(act[:, d : 3 * d].view(-1, 2, d), "forget"),  # both forget gates
                 reduces.views(tanh_c, "tanh_c"),
                 reduces.views(d_tanh_c, "d_tanh_c"),
@@ -533,7 +449,7 @@ class _Encode(torch.autograd.Function):
             ),
             zip(
                 scratch.views(u, "u"),
-                scratch.gates(u, "u", 5),
+                scratch.gates(u, "u", ReduceGates),
                 scratch.views(u[:, d : 3 * d].view(-1, 2, d), "u_forget"),
                 scratch.views(g_out_h, "g_out_h"),
                 scratch.views(g_out_c, "g_out_c"),
@@ -551,7 +467,7 @@ class _Encode(torch.autograd.Function):
             strict=True,
         )
         if tracked:
-            w_buf, w_x, w_hh = _tracker_blocks(w_t, d)
+            w_buf, w_x, w_hh = tracker_blocks(w_t, d)
             tracks = _StepRows(active, None)
             # Gradients of the Tracker's h, packed like its states; rows past a sentence's last step are
             # outputs fixed at 0, so their gradient stops there.
@@ -563,13 +479,13 @@ class _Encode(torch.autograd.Function):
                 g_tracker = g_tracker.reshape(-1, dt).to(g_h.dtype)
                 torch.index_select(g_tracker, 0, schedule.tracker_out, out=g_ht[batch:])
             g_ct.zero_()  # of the running sentences' c, carried back a step at a time
-            dz_t = _activation_grads(act_t, 4, 2, out=ws["dz_t"])
-            d_tanh_ct = _one_minus_square(tanh_ct, out=ws["d_tanh_ct"])
+            dz_t = activation_grads(act_t, TrackerGates, out=ws["dz_t"])
+            d_tanh_ct = one_minus_square(tanh_ct, out=ws["d_tanh_ct"])
             g_rows = _TrackerRows(g_ht, batch, active)
             tracker_steps = zip(
                 zip(
                     tracks.views(dz_t, "dz_t"),
-                    tracks.gates(act_t, "act_t", 4),
+                    tracks.gates(act_t, "act_t", TrackerGates),
                     tracks.views(tanh_ct, "tanh_ct"),
                     tracks.views(d_tanh_ct, "d_tanh_ct"),
                     _TrackerRows(c_t, batch, active).prev,
@@ -577,7 +493,7 @@ class _Encode(torch.autograd.Function):
                 ),
                 zip(
                     t_scratch.views(u_t, "u_t"),
-                    t_scratch.gates(u_t, "u_t", 4),
+                    t_scratch.gates(u_t, "u_t", TrackerGates),
                     t_scratch.views(g_ct, "g_ct"),
                     t_scratch.views(g_xt, "g_xt"),
                     t_scratch.views(g_xt.view(-1, d), "g_xt_rows", 2),

@@ -1,38 +1,28 @@
 """The SPINN encoder (Bowman et al. 2016): a Tracker LSTM and a TreeLSTM Reduce over a batched stack.
 
-How the batched stack is stored
--------------------------------
-* **Node store**: one row per node of every tree in the batch holding its h and c -- row 0 is zeros
-  (an empty slot), then one leaf row per word, one row per REDUCE result and a scratch row (layout in
-  `spinn.model.schedule`). Each row is written once.
-* **Stacks and buffers** hold node *ids*, never vectors. SHIFT pushes a leaf's id; REDUCE reads the
-  rows of the top two ids, composes them and writes the result to a fresh row whose id replaces them.
-* **Given transitions** (training, SPINN-PI, SPINN-PI-NT): every id is known in advance
-  (`build_schedule`, which a collate function can run), and the whole loop is one autograd Function
-  with a hand-written backward (`spinn.model.fused`): no autograd bookkeeping per step, weight
-  gradients in one matmul over all steps, no host round trip. Without a Tracker nothing depends on
-  the order of REDUCEs, so all nodes of one tree level are composed in one call (tree height steps);
-  with a Tracker the loop runs over the 2N - 1 steps, each on the sentences not yet finished.
-* **Predicted transitions** (full SPINN at evaluation): the ids advance step by step on the host
-  (`_StackPointers`, numpy), which reads each step's transition scores back once to pick the
-  transitions and the REDUCEs, and sends each step's indices back in two copies (the Tracker's
-  reads, then the REDUCEs').
-  When no gradient is needed (``torch.no_grad``, or nothing requires one) the loop runs outside
-  autograd with the kernels of `spinn.model.fused`: h and c stores written in place, the buffer
-  top's share of the Tracker's gates computed for all leaves before the loop, the Tracker only on
-  the sentences still running. Otherwise it runs through the `Tracker` and `Reduce` modules, the
-  store written in place outside autograd by `_Write` and `_Read`, whose backward moves gradients
-  through a gradient store of the same shape (autograd through in-place writes to one tensor would
-  copy the whole buffer's gradient at every step: quadratic in length). A chain of scalar "tokens"
-  from each write to the next read and write orders the backward.
+Two paths compute the same model:
+
+* **the reference** (`spinn.model.reference`): the definition, one step at a time, calling the
+  Tracker and the composition as modules, autograd doing the backward. It runs whenever the cells are
+  not the stock ones (another class, a subclass, hooks) or ``use_engine`` is False, and for a full
+  SPINN following its own predictions while gradients are recorded;
+* **the engine** (`spinn.model.fused`), for the stock cells: with given transitions every node id is
+  known in advance (`build_schedule`, which a collate function can run), and the whole loop is one
+  autograd Function with a hand-written backward over node stores written in place; without a
+  Tracker the nodes of one tree level are composed in one call. A full SPINN following its own
+  predictions without a gradient (evaluation) runs the same kernels step by step, reading each
+  step's transition scores back once to pick the transitions.
+
+`SPINN.last_path` says which one the last call took (and the ``spinn.model`` logger says so at debug
+level when it changes).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -40,10 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.fused import _batch_tables, _Cells, _needs_grad, _scratch, _split, encode_given
+from spinn.model.cells import Kernels, Reduce, ReduceGates, Tracker, TrackerGates, split_gates
+from spinn.model.compositions import make_composition
+from spinn.model.fused import _batch_tables, _needs_grad, _scratch, encode_given
+from spinn.model.leaves import make_leaf
+from spinn.model.reference import Cells, best_allowed, run_machine
 from spinn.model.schedule import (
-    _REDUCE,
-    _SHIFT,
     Schedule,
     _longest_first,
     _running,
@@ -55,7 +47,7 @@ from spinn.model.schedule import (
 )
 from spinn.transitions import PAD, REDUCE, SHIFT
 
-Array = TypeVar("Array", Tensor, np.ndarray)
+logger = logging.getLogger("spinn.model")
 
 
 @dataclass
@@ -78,133 +70,6 @@ class SPINNOutput:
     predicted_transitions: Tensor | None = None
 
 
-class _Rows:
-    """The node rows and their gradients; what the autograd Functions below keep."""
-
-    def __init__(self, data: Tensor) -> None:
-        self.data = data
-        self.grad: Tensor | None = None
-
-
-class _NodeStore:
-    """Node rows written once, in place, with gradients passed by hand (see the module docstring).
-
-    The token lives here and not in `_Rows`: the autograd graph holds the `_Rows`, and a reference
-    back from them to the graph would be a cycle that keeps every batch's graph alive.
-    """
-
-    def __init__(self, n_rows: int, like: Tensor) -> None:
-        self.rows = _Rows(like.new_zeros(n_rows, like.shape[-1]))
-        self.token = like.new_zeros(())
-
-    def write(self, rows: Tensor, x: Tensor) -> None:
-        if _needs_grad(x):
-            self.token = _Write.apply(self.token, x, rows, self.rows)
-        else:
-            self.rows.data.index_copy_(0, rows, x.to(self.rows.data.dtype))
-
-    def read(self, rows: Tensor) -> Tensor:
-        if _needs_grad(self.token):
-            return _Read.apply(self.token, rows, self.rows)
-        return self.rows.data.index_select(0, rows)
-
-
-class _Write(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, token: Tensor, x: Tensor, rows: Tensor, store: _Rows) -> Tensor:
-        store.data.index_copy_(0, rows, x.to(store.data.dtype))
-        ctx.store = store
-        ctx.x_shape = x.shape
-        ctx.save_for_backward(rows)
-        return token.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, g_token: Tensor) -> tuple[Tensor, Tensor, None, None]:
-        (rows,) = ctx.saved_tensors
-        store = ctx.store
-        if store.grad is None:
-            return g_token, g_token.new_zeros(ctx.x_shape), None, None
-        g_x = store.grad.index_select(0, rows)
-        # Leaves the gradient store clean for another backward through the same graph.
-        store.grad.index_fill_(0, rows, 0)
-        return g_token, g_x, None, None
-
-
-class _Read(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, token: Tensor, rows: Tensor, store: _Rows) -> Tensor:
-        ctx.store = store
-        ctx.save_for_backward(rows)
-        return store.data.index_select(0, rows)
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
-        (rows,) = ctx.saved_tensors
-        store = ctx.store
-        if store.grad is None:
-            store.grad = torch.zeros_like(store.data)
-        store.grad.index_add_(0, rows, g.to(store.grad.dtype))
-        # A real (zero) gradient for the token keeps the earlier writes' backward on the schedule.
-        return g.new_zeros(()), None, None
-
-
-class Tracker(nn.Module):
-    """An LSTM cell over [buffer top; stack top; second item] (their h), all gates in one matmul.
-
-    Args:
-        d_hidden: size of the node states h.
-        d_tracker: size of the Tracker's own state.
-    """
-
-    def __init__(self, d_hidden: int, d_tracker: int) -> None:
-        super().__init__()
-        self.d_tracker = d_tracker
-        self.gates = nn.Linear(3 * d_hidden + d_tracker, 4 * d_tracker)
-
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """x (B, 3 d_hidden), state (h, c) each (B, d_tracker) -> the new (h, c)."""
-        h, c = state
-        z = self.gates(torch.cat((x, h), dim=1))
-        # One sigmoid over all the gates (the one over g is unused): fewer, larger kernels.
-        i, f, _, o = torch.sigmoid(z).chunk(4, dim=1)
-        c = torch.addcmul(f * c, i, torch.tanh(z[:, 2 * self.d_tracker : 3 * self.d_tracker]))
-        return o * torch.tanh(c), c
-
-
-class Reduce(nn.Module):
-    """TreeLSTM composition (Tai et al. 2015) with a forget gate per child, all gates in one matmul.
-
-    gates = W [h_left; h_right; e] + b, split into input i, forget f_left, f_right, output o, and
-    candidate g; c = f_left * c_left + f_right * c_right + i * g; h = o * tanh(c). e is the Tracker's
-    h when there is a Tracker.
-
-    Args:
-        d_hidden: size of h and of c.
-        d_tracker: size of the Tracker's h, or None without a Tracker.
-    """
-
-    def __init__(self, d_hidden: int, d_tracker: int | None = None) -> None:
-        super().__init__()
-        self.d_hidden = d_hidden
-        self.gates = nn.Linear(2 * d_hidden + (d_tracker or 0), 5 * d_hidden)
-        # Forget gates start open (bias +1, sigmoid 0.73; Gers et al. 2000, Jozefowicz et al. 2015) so
-        # that the cells of deep words reach the root early in training: +0.6 points of dev accuracy
-        # on configs/small.yaml (README, Results).
-        with torch.no_grad():
-            self.gates.bias[d_hidden : 3 * d_hidden] += 1.0
-
-    def forward(self, left: Tensor, right: Tensor, tracking: Tensor | None = None) -> Tensor:
-        """left, right (M, 2 d_hidden) as [h; c], tracking (M, d_tracker) or None -> (M, 2 d_hidden)."""
-        d = self.d_hidden
-        x = (left[:, :d], right[:, :d]) if tracking is None else (left[:, :d], right[:, :d], tracking)
-        z = self.gates(torch.cat(x, dim=1))
-        i, f_left, f_right, o = torch.sigmoid(z[:, : 4 * d]).chunk(4, dim=1)
-        c = torch.addcmul(
-            torch.addcmul(i * torch.tanh(z[:, 4 * d :]), f_left, left[:, d:]), f_right, right[:, d:]
-        )
-        return torch.cat((o * torch.tanh(c), c), dim=1)
-
-
 class SPINN(nn.Module):
     """The SPINN sentence encoder over a batch of word vectors (padded or packed) and transitions.
 
@@ -222,6 +87,13 @@ class SPINN(nn.Module):
         d_tracker: size of the Tracker LSTM, or None for no Tracker.
         predict_transitions: score transitions with a linear layer on the Tracker's state.
 
+    Attributes:
+        leaf, tracker, reduce, transition_head: the modules, which may be replaced (or subclassed) by
+            any module with the same interface (`spinn.model.reference.Cells`): a call then runs
+            them through the reference instead of the engine.
+        use_engine: False always runs the reference (slower; the same results up to rounding).
+        last_path: "engine" or "reference", the path the last call took (None before the first).
+
     Raises:
         SpinnError: predict_transitions without a Tracker, or a size below 1.
     """
@@ -232,6 +104,9 @@ class SPINN(nn.Module):
         d_hidden: int = 300,
         d_tracker: int | None = None,
         predict_transitions: bool = False,
+        *,
+        composition: str | nn.Module = "treelstm",
+        leaf: str | nn.Module = "projection",
     ) -> None:
         super().__init__()
         if predict_transitions and d_tracker is None:
@@ -241,10 +116,12 @@ class SPINN(nn.Module):
                 raise SpinnError(f"{name}: expected a size >= 1 (d_tracker None: no Tracker), found {size}")
         self.d_input = d_input
         self.d_hidden = d_hidden
-        self.leaf = nn.Linear(d_input, 2 * d_hidden)
         self.tracker: Tracker | None = Tracker(d_hidden, d_tracker) if d_tracker is not None else None
-        self.reduce = Reduce(d_hidden, d_tracker)
+        self.reduce = make_composition(composition, d_hidden, d_tracker)
+        self.leaf = make_leaf(leaf, d_input, self.reduce.d_state)
         self.transition_head: nn.Linear | None = nn.Linear(d_tracker, 2) if predict_transitions else None
+        self.use_engine = True
+        self.last_path: str | None = None
 
     def forward(
         self,
@@ -288,39 +165,98 @@ class SPINN(nn.Module):
         if transitions is not None:
             transitions = as_long_tensor(transitions, "transitions", words.device)
         batch, n_words = self._check_inputs(words, transitions, lengths)
-        if self.transition_head is not None:
-            given = self.training if use_given_transitions is None else use_given_transitions
-            if not given:
-                return self._follow_predictions(words, transitions, lengths, n_words)
-        if transitions is None:
+        follow = self.transition_head is not None and not (
+            self.training if use_given_transitions is None else use_given_transitions
+        )
+        if follow:
+            schedule = None
+            leaf_rows = real_words(_checked_lengths(lengths, n_words), n_words)[0]
+        elif transitions is None:
             raise SpinnError("transitions is None: only a full SPINN following its predictions can parse")
-        if schedule is None:
-            schedule = build_schedule(transitions, lengths).to(words.device)
         else:
-            schedule.check_fits(batch, n_words)
-            schedule.check_matches(transitions, lengths)
-        tracker = self.tracker
+            if schedule is None:
+                schedule = build_schedule(transitions, lengths).to(words.device)
+            else:
+                schedule.check_fits(batch, n_words)
+                schedule.check_matches(transitions, lengths)
+            leaf_rows = schedule.leaf_rows
         # Only the real words are projected: padding is about a quarter of a bucketed NLI batch, whose
         # hypotheses are shorter than its premises.
-        leaves = self.leaf(_real(words, schedule.leaf_rows))
+        leaves = self.leaf(_real(words, leaf_rows), lengths)  # (W, d_state)
+        refusal = self._engine_refusal(follow, leaves)
+        self._note_path("reference" if refusal else "engine", refusal)
+        if refusal is not None:
+            return self._run_reference(leaves, transitions, lengths, n_words, follow)
+        if follow:
+            return self._follow_predictions(leaves, transitions, lengths, n_words)
         h, tracker_h = encode_given(
             leaves,
             self.reduce.gates.weight,
             self.reduce.gates.bias,
-            None if tracker is None else tracker.gates.weight,
-            None if tracker is None else tracker.gates.bias,
+            None if self.tracker is None else self.tracker.gates.weight,
+            None if self.tracker is None else self.tracker.gates.bias,
             schedule,
             tracker_states=self.transition_head is not None,
         )
         if self.transition_head is None:
             return SPINNOutput(h=h)
-        logits = self.transition_head(tracker_h).transpose(0, 1)  # (B, T, 2)
+        return self._with_transitions(
+            h, self.transition_head(tracker_h).transpose(0, 1), transitions, lengths
+        )
+
+    def _with_transitions(
+        self, h: Tensor, logits: Tensor, transitions: Tensor, lengths: Tensor, followed: Tensor | None = None
+    ) -> SPINNOutput:
+        """A full SPINN's output from its (B, T, 2) logits: the transitions it followed, or else the
+        best valid ones given the stack the given transitions built."""
         return SPINNOutput(
             h=h,
             transition_logits=logits,
-            transition_loss=transition_loss(logits, transitions),
-            predicted_transitions=_best_valid(logits, transitions, lengths),
+            transition_loss=None if transitions is None else transition_loss(logits, transitions),
+            predicted_transitions=_best_valid(logits, transitions, lengths) if followed is None else followed,
         )
+
+    def _engine_refusal(self, follow: bool, leaves: Tensor) -> str | None:
+        """Why the fast engine cannot run this call (None: it can). It computes the stock cells only,
+        reading their weights, so anything else -- a subclass, another module, hooks -- runs through
+        the reference, which calls the modules. Without a gradient a full SPINN follows its own
+        predictions on the engine too (its parse loop reads the transition head's weights)."""
+        if not self.use_engine:
+            return "use_engine is False"
+        stock = [("reduce", Reduce), ("reduce.gates", nn.Linear)]
+        if self.tracker is not None:
+            stock += [("tracker", Tracker), ("tracker.gates", nn.Linear)]
+        if follow:
+            if _needs_grad(leaves, *self.parameters()):
+                return "a full SPINN following its own predictions with gradients"
+            stock += [("transition_head", nn.Linear)]
+        for name, cls in stock:
+            module = self.get_submodule(name)
+            if type(module) is not cls:
+                return f"{name} is a {type(module).__qualname__}, not the stock {cls.__qualname__}"
+            if _has_hooks(module):
+                return f"{name} has hooks"
+        if leaves.shape[-1] != 2 * self.d_hidden:
+            return f"leaf states of {leaves.shape[-1]} columns, not [h; c] of 2 x {self.d_hidden}"
+        return None
+
+    def _note_path(self, path: str, reason: str | None) -> None:
+        """Record which path ran in `last_path`, and log it at debug level when it changes."""
+        if path != self.last_path:
+            logger.debug("SPINN runs on the %s%s", path, "" if reason is None else f": {reason}")
+        self.last_path = path
+
+    def _run_reference(
+        self, leaves: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int, follow: bool
+    ) -> SPINNOutput:
+        """The general path: `spinn.model.reference.run_machine`, calling the cells as modules."""
+        cells = Cells(self.reduce, self.d_hidden, self.tracker, self.transition_head)
+        given = None if follow else transitions.tolist()
+        out = run_machine(cells, leaves, lengths.tolist(), given, 2 * n_words - 1)
+        if self.transition_head is None:
+            return SPINNOutput(h=out.h)
+        followed = out.transitions if follow else None
+        return self._with_transitions(out.h, out.transition_logits, transitions, lengths, followed)
 
     def _check_inputs(self, words: Tensor, transitions: Tensor | None, lengths: Tensor) -> tuple[int, int]:
         """(B, N): the batch size and the width N the transitions are padded to, 2 N - 1 (without
@@ -350,97 +286,37 @@ class SPINN(nn.Module):
             )
         return batch, n_words
 
-    def _tracker_input(self, store: _NodeStore, ids: Tensor, batch: int) -> Tensor:
-        """(B, 3 D): h of the buffer top, stack top and second item, from ids (B * 3,)."""
-        return store.read(ids).view(batch, 3, 2 * self.d_hidden)[:, :, : self.d_hidden].reshape(batch, -1)
-
     @torch.compiler.disable  # a host round trip every step: nothing for torch.compile to capture
     def _follow_predictions(
-        self, words: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
+        self, leaves: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
     ) -> SPINNOutput:
-        """Full SPINN at evaluation: the best valid predicted transition drives each step."""
-        # The given route's schedule checks the lengths; here they are read on the host anyway.
-        host = lengths.cpu()
-        wrong = (host < 1) | (host > n_words)
-        if wrong.any():
-            b = int(wrong.nonzero()[0, 0])
-            raise SpinnError(f"sentence {b} of the batch has length {int(host[b])}, expected 1..{n_words}")
-        # As in `encode_given`: outside autograd when nothing needs a gradient.
-        if _needs_grad(words, *self.parameters()):
-            logits, actions, h = self._follow_predictions_autograd(words, lengths, n_words)
-        else:
-            logits, actions, h = self._follow_predictions_no_grad(words, lengths, n_words)
-        return SPINNOutput(
-            h=h,
-            transition_logits=logits,
-            transition_loss=None if transitions is None else transition_loss(logits, transitions),
-            predicted_transitions=actions,
-        )
-
-    def _follow_predictions_autograd(
-        self, words: Tensor, lengths: Tensor, n_words: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, 2) logits, (B, T) transitions and (B, D) root h through the generic modules, recorded
-        by autograd (the node store passes gradients by hand)."""
-        batch = len(lengths)
-        leaf_rows = real_words(lengths, n_words)[0]
-        leaves = self.leaf(_real(words, leaf_rows))  # (W, 2 D)
-        store = _NodeStore(store_rows(batch, n_words), leaves)
-        device = leaves.device
-        store.write(1 + leaf_rows, leaves)
-        pointers = _StackPointers(lengths.cpu().numpy(), n_words)
-        state = (leaves.new_zeros(batch, self.tracker.d_tracker),) * 2
-        last_step = 2 * pointers.lengths - 1
-        logits, actions = [], []
-        for t in range(2 * n_words - 1):
-            ids = pointers.tracker_ids()  # (B, 3) buffer top, stack top, second
-            reads = torch.from_numpy(ids).to(device).view(-1)
-            state = self.tracker(self._tracker_input(store, reads, batch), state)
-            logits.append(self.transition_head(state[0]))
-            # The step's one host read: the scores, to pick the transitions and the REDUCEs.
-            scores = logits[-1].detach().float().cpu().numpy()
-            action = _best_allowed(scores, pointers.can_shift(), pointers.can_reduce())
-            action = np.where(t < last_step, action, int(PAD))
-            actions.append(action)
-            target = pointers.advance(action)
-            rows = np.flatnonzero(action == _REDUCE)
-            if len(rows):
-                # The children as [left; right]: the second item, then the stack top.
-                children = store.read(torch.from_numpy(ids[rows][:, [2, 1]].reshape(-1)).to(device))
-                tracking = state[0].index_select(0, torch.from_numpy(rows).to(device))
-                composed = self.reduce(*children.view(len(rows), 2, -1).unbind(1), tracking)
-                store.write(torch.from_numpy(target[rows]).to(device), composed)
-        actions = torch.from_numpy(np.stack(actions, 1)).to(device)
-        # Past its last step a sentence scores as a zero state, as with given transitions.
-        logits = torch.where(
-            (actions == PAD)[..., None],
-            self.transition_head.bias.to(logits[0].dtype),
-            torch.stack(logits, dim=1),
-        )
-        return logits, actions, store.read(torch.from_numpy(pointers.root()).to(device))[:, : self.d_hidden]
+        """A full SPINN following its own predictions on the engine (no gradient needed): the best
+        valid predicted transition drives each step."""
+        logits, actions, h = self._follow_predictions_no_grad(leaves.detach(), lengths, n_words)
+        return self._with_transitions(h, logits, transitions, lengths, actions)
 
     def _follow_predictions_no_grad(
-        self, words: Tensor, lengths: Tensor, n_words: int
+        self, leaves: Tensor, lengths: Tensor, n_words: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """What `_follow_predictions_autograd` returns, computed outside autograd as in
-        `spinn.model.fused`: h and c in separate stores written in place, one step's rows of the
-        buffers kept between calls, the buffer top's share of the Tracker's gates for every real word in
-        one matmul before the loop, the cells of `spinn.model.fused._Cells`, and the Tracker only on the
-        sentences not yet finished: sorted longest first, those are a prefix of the batch (the leaf
-        rows of the stores follow that order). Only the real words are projected to leaves."""
+        """(B, T, 2) logits, (B, T) transitions and (B, D) root h of `spinn.model.reference.run_machine`
+        following the predictions, computed outside autograd as in `spinn.model.fused`: h and c in
+        separate stores written in place, one step's rows of the buffers kept between calls, the
+        buffer top's share of the Tracker's gates for every real word in one matmul before the loop, the
+        cells of `spinn.model.fused._Cells`, and the Tracker only on the sentences not yet finished:
+        sorted longest first, those are a prefix of the batch (the leaf rows of the stores follow that
+        order). ``leaves`` (W, 2 D) are the real words' [h; c], sentence after sentence."""
         d, dt = self.d_hidden, self.tracker.d_tracker
         batch = len(lengths)
         n_steps = 2 * n_words - 1
-        device = words.device
+        device = leaves.device
         lengths = lengths.to(device)
         order, rank = _longest_first(lengths)
         # The host read outside the loop: how many sentences still run at each step (non-increasing;
         # the steps past the longest sentence are dropped).
         active = [k for k in _running(lengths, n_steps).tolist() if k]
-        # The real words, in sentence order (as given, if packed), projected to leaves. Word i of
-        # sentence b is node 1 + rank[b] N + i: the stores' leaf rows follow the longest-first order.
+        # Word i of sentence b is node 1 + rank[b] N + i: the stores' leaf rows follow the longest-first
+        # order.
         leaf_rows = real_words(lengths, n_words)[0]
-        leaves = self.leaf(_real(words, leaf_rows)).detach()  # (W, 2 D)
         leaf_ids = 1 + rank.index_select(0, leaf_rows // n_words) * n_words + leaf_rows % n_words
         # Row 1 + j of buffer_gates is for the j-th real word; buffer_row maps a leaf's node id to it.
         buffer_row = leaves.new_zeros(1 + batch * n_words, dtype=torch.long)
@@ -455,7 +331,7 @@ class SPINN(nn.Module):
             )
         )
         with torch.autocast(leaves.device.type, enabled=False):
-            cells = _Cells(w_r, b_r, w_t, b_t)
+            cells = Kernels(w_r, b_r, w_t, b_t)
             # The batch's tables from the kept workspace, as in `encode_given` without a gradient.
             tables = _batch_tables(cells, leaves, leaf_ids, store_rows(batch, n_words), fresh=False)
             h_store, c_store, buffer_gates = (tables[k] for k in ("h_store", "c_store", "buffer_gates"))
@@ -476,8 +352,8 @@ class SPINN(nn.Module):
                     h, c = (buf.h0, buf.c0) if parity == 0 else (buf.h1, buf.c1)
                     x, z = buf.x_t[:k], buf.z_t[:k]
                     return SimpleNamespace(
-                        x=x, stack=x.view(2 * k, d), z=z, gates=_split(z, 4), h=h[:k], c=c[:k],
-                        tanh_c=buf.tanh_t[:k],
+                        x=x, stack=x.view(2 * k, d), z=z, gates=split_gates(z, TrackerGates), h=h[:k],
+                        c=c[:k], tanh_c=buf.tanh_t[:k],
                     )  # fmt: skip
 
                 return pool.cached(("tracker", k, parity), make)
@@ -486,8 +362,8 @@ class SPINN(nn.Module):
                 def make() -> SimpleNamespace:
                     x, z, cc = buf.x_r[:m], buf.z_r[:m], buf.cc_r[:m]
                     return SimpleNamespace(
-                        x=x, children_h=x.view(2 * m, d), z=z, gates=_split(z, 5), tracking=buf.e_r[:m],
-                        children_c=cc.view(2 * m, d), c_left=cc[:, 0], c_right=cc[:, 1],
+                        x=x, children_h=x.view(2 * m, d), z=z, gates=split_gates(z, ReduceGates),
+                        tracking=buf.e_r[:m], children_c=cc.view(2 * m, d), c_left=cc[:, 0], c_right=cc[:, 1],
                         c=buf.c_r[:m], h=buf.h_r[:m], tanh_c=buf.tanh_r[:m],
                     )  # fmt: skip
 
@@ -512,9 +388,9 @@ class SPINN(nn.Module):
                 scores = torch.addmm(b_p, new.h, w_p.t(), out=step_logits[t][:k])
                 # The step's one host read: the scores, to pick the transitions and the REDUCEs.
                 can = (pointers.can_shift()[:k], pointers.can_reduce()[:k])
-                action = actions[t, :k] = _best_allowed(scores.float().cpu().numpy(), *can)
+                action = actions[t, :k] = best_allowed(scores.float().cpu().numpy(), *can)
                 target = pointers.advance(actions[t])
-                reducing = np.flatnonzero(action == _REDUCE)
+                reducing = np.flatnonzero(action == int(REDUCE))
                 m = len(reducing)
                 if not m:
                     continue
@@ -533,6 +409,27 @@ class SPINN(nn.Module):
             h = h_store.index_select(0, torch.from_numpy(pointers.root()).to(device).index_select(0, rank))
         actions = torch.from_numpy(actions).to(device)
         return logits.transpose(0, 1).index_select(0, rank), actions.t().index_select(0, rank), h
+
+
+def _checked_lengths(lengths: Tensor, n_words: int) -> Tensor:
+    """``lengths``, checked on the host to be 1..n_words (where no schedule checks them)."""
+    host = lengths.cpu()
+    wrong = (host < 1) | (host > n_words)
+    if wrong.any():
+        b = int(wrong.nonzero()[0, 0])
+        raise SpinnError(f"sentence {b} of the batch has length {int(host[b])}, expected 1..{n_words}")
+    return lengths
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether hooks are registered on the module itself (torch keeps no public record of them)."""
+    hooks = (
+        module._forward_hooks,
+        module._forward_pre_hooks,
+        module._backward_hooks,
+        module._backward_pre_hooks,
+    )
+    return any(hooks)
 
 
 def _real(words: Tensor, leaf_rows: Tensor) -> Tensor:
@@ -557,14 +454,6 @@ def transition_loss(logits: Tensor, transitions: Tensor) -> Tensor:
     return (losses * real).sum() / real.sum()
 
 
-def _best_allowed(logits: Array, can_shift: Array, can_reduce: Array) -> Array:
-    """From (..., 2) SHIFT/REDUCE logits, the higher-scoring transition among those allowed (SHIFT
-    needs a word in the buffer, REDUCE two items on the stack; a tie goes to SHIFT). On tensors or on
-    numpy arrays (the host-side steps of a full SPINN following its predictions)."""
-    xp = np if isinstance(logits, np.ndarray) else torch
-    return xp.where(can_reduce & (~can_shift | (logits[..., 1] > logits[..., 0])), _REDUCE, _SHIFT)
-
-
 def _best_valid(logits: Tensor, transitions: Tensor, lengths: Tensor) -> Tensor:
     """(B, T) the best valid transition at each step given the stack the given transitions built."""
     real = transitions != PAD
@@ -572,5 +461,5 @@ def _best_valid(logits: Tensor, transitions: Tensor, lengths: Tensor) -> Tensor:
     depth_before = F.pad(
         ((transitions == SHIFT).long() - (transitions == REDUCE).long()).cumsum(1)[:, :-1], (1, 0)
     )
-    best = _best_allowed(logits, shifts_before < lengths[:, None], depth_before >= 2)
+    best = best_allowed(logits, shifts_before < lengths[:, None], depth_before >= 2)
     return torch.where(real, best, PAD)
