@@ -25,16 +25,29 @@ SHIFT, REDUCE, PAD = Transition.SHIFT, Transition.REDUCE, Transition.PAD
 
 
 def parse_to_transitions(parse: str) -> tuple[list[str], list[Transition]]:
-    """Split a whitespace-tokenised binary parse into its words and its transitions.
+    """Split a binary parse into its words and its transitions.
+
+    Words are separated by whitespace; brackets are items of their own, with or without spaces around
+    them: ``(a (b c))`` reads as ``( a ( b c ) )``. A bracket that is part of the text must be written
+    as a word, as the Penn Treebank and SNLI do: ``-LRB-`` and ``-RRB-``.
+
+    Args:
+        parse: a binary bracketing such as ``( ( The church ) ( has cracks ) )``; a single word is a
+            tree of one word.
+
+    Returns:
+        (words, transitions): the n words in order, and their 2 n - 1 SHIFT/REDUCE transitions.
 
     Raises:
-        ParseError: unbalanced brackets, a node with more or fewer than two children, or no words.
+        ParseError: unbalanced brackets, a node with more or fewer than two children (naming the item
+            where it closes), more than one tree, or no words.
     """
     tokens: list[str] = []
     transitions: list[Transition] = []
     # Children seen so far in each open bracket; the outermost entry is the top level.
     open_children = [0]
-    for pos, item in enumerate(parse.split()):
+    # Spacing out the brackets costs about as much as checking whether they need it.
+    for pos, item in enumerate(parse.replace("(", " ( ").replace(")", " ) ").split()):
         if item == "(":
             open_children.append(0)
         elif item == ")":

@@ -186,8 +186,7 @@ def test_bad_sampler_arguments():
 def test_pad_sentences_matches_row_by_row_padding_and_names_bad_input():
     rng = random.Random(3)
     ids = [[rng.randrange(1, 50) for _ in range(rng.randint(1, 9))] for _ in range(40)]
-    # Transitions as the data gives them (2 n - 1), and some shorter: padding fills the rest either way.
-    trans = [[rng.choice((SHIFT, REDUCE)) for _ in range(rng.choice((2 * len(w) - 1, len(w))))] for w in ids]
+    trans = [[rng.choice((SHIFT, REDUCE)) for _ in range(2 * len(w) - 1)] for w in ids]
     s = pad_sentences(ids, trans, pad_id=0)
     n = max(map(len, ids))
     assert s.tokens.shape == (40, n) and s.transitions.shape == (40, 2 * n - 1)
@@ -197,9 +196,19 @@ def test_pad_sentences_matches_row_by_row_padding_and_names_bad_input():
     assert s.lengths.tolist() == [len(w) for w in ids]
     with pytest.raises(SpinnError, match="2 sentences but 1 transition sequences"):
         pad_sentences([[1], [2]], [[SHIFT]])
-    with pytest.raises(SpinnError, match="sentence 1 has 5 transitions; the batch's 2 words allow at most 3"):
-        pad_sentences([[1, 2], [3]], [[SHIFT, SHIFT, REDUCE], [SHIFT] * 5])
     with pytest.raises(SpinnError, match="no sentences to pad"):
         pad_sentences([], [])
     with pytest.raises(SpinnError, match="sentence 1 has no words, expected at least 1"):
         pad_sentences([[1], []], [[SHIFT], []])
+
+
+def test_pad_sentences_refuses_transitions_that_are_not_2n_minus_1():
+    # Fewer than 2 n - 1, also where the batch's widest sentence would leave room for more.
+    with pytest.raises(SpinnError, match="sentence 0 has 2 words and 2 transitions, expected 2 n - 1 = 3"):
+        pad_sentences([[1, 2], [3, 4, 5]], [[SHIFT, SHIFT], [SHIFT, SHIFT, REDUCE, SHIFT, REDUCE]])
+    with pytest.raises(SpinnError, match="sentence 2 has 3 words and 4 transitions, expected 2 n - 1 = 5"):
+        pad_sentences([[1], [2], [3, 4, 5]], [[SHIFT], [SHIFT], [SHIFT, SHIFT, REDUCE, SHIFT]])
+    with pytest.raises(
+        SpinnError, match=r"sentence 1 has 1 words and 5 transitions, expected 2 n - 1 = 1 \("
+    ):
+        pad_sentences([[1, 2], [3]], [[SHIFT, SHIFT, REDUCE], [SHIFT] * 5])

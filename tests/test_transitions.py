@@ -41,8 +41,28 @@ def test_brackets_of_the_text_are_words():
 
 
 @pytest.mark.parametrize(
+    "unspaced",
+    [
+        "((The church) ((has (cracks (in (the ceiling)))) .))",
+        "((The church)((has(cracks(in(the ceiling))))\t.))",
+        " ( (The  church ) ((has (cracks (in (the ceiling))) ) .)) ",
+    ],
+)
+def test_brackets_without_spaces_read_as_spaced_ones(unspaced):
+    assert parse_to_transitions(unspaced) == parse_to_transitions(CHURCH)
+    assert parse_to_transitions("(a b)") == (["a", "b"], [SHIFT, SHIFT, REDUCE])
+    assert parse_to_transitions("(-LRB- (a -RRB-))")[0] == ["-LRB-", "a", "-RRB-"]
+
+
+@pytest.mark.parametrize(
     ("parse", "fragment"),
     [
+        ("(a b c)", "the bracket closed at item 5 has 3 children, expected 2"),
+        ("((a) b)", "the bracket closed at item 4 has 1 children"),
+        ("(a b) c", "2 top-level nodes"),
+        ("(a b))", "at item 5 closes no bracket"),
+        ("((a b)", "1 bracket\\(s\\) left open"),
+        ("()", "has 0 children"),
         ("( a b ) )", "closes no bracket"),
         ("( ( a b )", "left open"),
         ("( a b c )", "has 3 children"),
@@ -118,3 +138,10 @@ def test_any_valid_sequence_round_trips_through_its_parse(transitions):
     words = [f"w{i}" for i in range(n)]
     tokens, back = parse_to_transitions(transitions_to_parse(words, transitions))
     assert tokens == words and back == transitions
+
+
+@given(valid_transitions())
+def test_any_valid_parse_without_spaces_round_trips(transitions):
+    words = [f"w{i}" for i in range(transitions.count(SHIFT))]
+    tight = transitions_to_parse(words, transitions).replace("( ", "(").replace(" )", ")")
+    assert parse_to_transitions(tight) == (words, transitions)

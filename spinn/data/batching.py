@@ -50,9 +50,18 @@ def pad_sentences(
 ) -> Sentences:
     """Pad per-sentence word ids and transitions into a `Sentences` batch.
 
+    Args:
+        token_ids: the word ids of each sentence (at least one word each).
+        transitions: the SHIFT/REDUCE transitions of each sentence: 2 n - 1 for a sentence of n words
+            (`spinn.parse_to_transitions` gives them).
+        pad_id: the id that pads ``tokens``.
+
+    Returns:
+        `Sentences` with tokens (B, N), transitions (B, 2N - 1) padded with PAD, and lengths (B,).
+
     Raises:
-        SpinnError: no sentences, a sentence without words, or one with more transitions than the
-            batch's widest, 2 N - 1, has room for.
+        SpinnError: no sentences, a different number of transition sequences, a sentence without
+            words, or one whose transitions are not 2 n - 1 for its n words.
     """
     if len(token_ids) != len(transitions):
         raise SpinnError(f"{len(token_ids)} sentences but {len(transitions)} transition sequences")
@@ -64,12 +73,14 @@ def pad_sentences(
     steps = np.array([len(ts) for ts in transitions], dtype=np.int64)
     if not lengths.all():
         raise SpinnError(f"sentence {int(lengths.argmin())} has no words, expected at least 1")
-    n = int(lengths.max())
-    if steps.max() > 2 * n - 1:
-        i = int(steps.argmax())
+    wrong = steps != 2 * lengths - 1
+    if wrong.any():
+        i = int(wrong.argmax())
         raise SpinnError(
-            f"sentence {i} has {steps[i]} transitions; the batch's {n} words allow at most {2 * n - 1}"
+            f"sentence {i} has {lengths[i]} words and {steps[i]} transitions, expected 2 n - 1 = "
+            f"{2 * lengths[i] - 1} (n SHIFTs and n - 1 REDUCEs)"
         )
+    n = int(lengths.max())
     tokens = np.full((len(token_ids), n), pad_id, dtype=np.int64)
     tokens[np.arange(n) < lengths[:, None]] = list(itertools.chain.from_iterable(token_ids))
     trans = np.full((len(token_ids), 2 * n - 1), int(PAD), dtype=np.int64)
