@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import torch
 
 from spinn import evaluate, predict, train
 from spinn.config import load_config
@@ -114,12 +115,24 @@ def test_the_documented_commands_are_found() -> None:
     assert {"train", "evaluate", "predict", "download"} <= set(names)
 
 
-def test_the_readme_python_example_runs() -> None:
-    """The encoder example of the README runs as written and trains one step."""
-    text = README.read_text(encoding="utf-8")
-    blocks = [body for _, body in fenced_blocks(text, "python") if "SentenceClassifier" in body]
-    assert len(blocks) == 1
+def section(text: str, title: str) -> str:
+    """The body of the ``## title`` section of a markdown text."""
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_encoder_examples_run() -> None:
+    """The encoder section's examples run as written, in order: the classifier trains one step, and
+    the user's own composition runs through the reference path and gets gradients."""
+    body = section(README.read_text(encoding="utf-8"), "Using the encoder in your own model")
+    blocks = [code for _, code in fenced_blocks(body, "python")]
+    assert len(blocks) == 2
     scope: dict[str, object] = {}
-    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert scope["loss"].item() > 0
     assert all(p.grad is not None for p in scope["model"].encoder.parameters())
+    encoder, batch = scope["encoder"], scope["batch"]
+    h = encoder(torch.randn(*batch.tokens.shape, 300), batch.transitions, batch.lengths).h
+    h.sum().backward()
+    assert encoder.last_path == "reference" and h.shape == (2, 300)
+    assert all(p.grad is not None for p in encoder.reduce.parameters())
