@@ -24,19 +24,28 @@ import torch
 import yaml
 
 from spinn.cli import DEVICE_NAMES, is_device_name
-from spinn.data.snli import TOO_LONG_POLICIES
+from spinn.data.classify import FORMATS, SST_LABELS, label_names
+from spinn.data.snli import LABELS, TOO_LONG_POLICIES
 from spinn.errors import SpinnError
+from spinn.model.baselines import ENCODERS, POOLINGS
 from spinn.model.classifier import VARIANTS, NLIClassifier
 from spinn.model.compositions import COMPOSITIONS
 from spinn.model.leaves import LEAVES
+from spinn.transitions import TRIVIAL_TREES
 
 # The model's and the reader's own lists of names, as the schema's types (a Literal of a tuple is the
 # Literal of its items), so that no list is kept in sync by hand.
 Variant = Literal[VARIANTS]
 Composition = Literal[tuple(COMPOSITIONS)]
 Leaf = Literal[LEAVES]
+Encoder = Literal[ENCODERS]
+Pooling = Literal[tuple(dict.fromkeys(p for ps in POOLINGS.values() for p in ps))]
 Optimizer = Literal["rmsprop", "adam", "sgd"]
 TooLong = Literal[TOO_LONG_POLICIES]
+Task = Literal["nli", "classify"]
+ClassifyFormat = Literal[FORMATS]
+SSTLabels = Literal[tuple(SST_LABELS)]
+Trees = Literal[("given", *TRIVIAL_TREES)]
 VARIANTS_WITH_TRACKER = ("spinn_pi", "spinn")
 
 
@@ -46,7 +55,7 @@ class ConfigError(SpinnError):
 
 @dataclass
 class DataConfig:
-    """Where the NLI files are.
+    """Where the data files are, and how to read them.
 
     ``train``/``dev``/``test`` (and ``vocab.glove``) are relative to ``data_dir`` unless absolute;
     ``data_dir`` is relative to the current directory.
@@ -70,6 +79,20 @@ class DataConfig:
     #: A pair with a sentence over max_length: error (stop, naming the line), skip (leave it out and
     #: count it) or truncate (keep the first max_length words, still one binary tree).
     too_long: TooLong = "error"
+    #: task classify: sst (labelled PTB-style trees, as the Stanford Sentiment Treebank ships them) or
+    #: tsv (label<TAB>binary parse, as the ListOps files); see spinn.data.classify.
+    format: ClassifyFormat = "sst"
+    #: format sst: binary (neutral sentences dropped, 0-1 negative, 3-4 positive) or fine (5 classes).
+    sst_labels: SSTLabels = "binary"
+    #: format tsv: the labels are the class ids 0 .. num_classes - 1.
+    num_classes: int = 10
+    #: The trees the encoder follows: given (the data's parses), or the trivial left-branching,
+    #: right-branching or balanced tree over each sentence's words, at training and evaluation (an
+    #: ablation: does the parse matter?).
+    transitions: Trees = "given"
+    #: format sst: train on every labelled phrase (each node of each training tree, distinct ones
+    #: once), not only the sentences; dev and test are always scored on whole sentences.
+    phrases: bool = False
 
     def path(self, name: str | None) -> Path | None:
         """`name` resolved against `data_dir`; None stays None."""
@@ -123,6 +146,13 @@ class ModelConfig:
     transition_loss_weight: float = 1.0
     #: spinn only: at evaluation, follow the given parses instead of the predicted transitions.
     eval_given_transitions: bool = False
+    #: The sentence encoder: spinn (the variant above), or a sequential baseline that ignores the
+    #: parses: cbow (a bag of the word vectors) or lstm.
+    encoder: Encoder = "spinn"
+    #: cbow: sum, mean or max of the word vectors; lstm: last (its final state), mean or max of its outputs.
+    pooling: Pooling = "max"
+    #: lstm only: read each sentence in both directions (sentence vectors of 2 d_hidden).
+    bidirectional: bool = False
 
 
 @dataclass
@@ -181,6 +211,8 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    #: nli: sentence pairs (SNLI, MultiNLI, SICK); classify: single sentences (SST, ListOps, TSV).
+    task: Task = "nli"
     data: DataConfig = field(default_factory=DataConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -263,9 +295,16 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         except yaml.YAMLError as err:
             raise ConfigError(f"{where}: the value is not valid YAML ({_yaml_problem(err)})") from None
         section_name, dot, name = key.partition(".")
-        sections = {f.name: f for f in dataclasses.fields(Config)}
+        sections = typing.get_type_hints(Config)
         if section_name not in sections:
             raise ConfigError(f"{where}: {_unknown(section_name, list(sections), '')}")
+        if not dataclasses.is_dataclass(sections[section_name]):  # a top-level key such as task
+            if dot:
+                raise ConfigError(
+                    f"{where}: {section_name!r} is a key, not a section; write {section_name}=VALUE"
+                )
+            setattr(cfg, section_name, _coerce(value, sections[section_name], where, key))
+            continue
         if not dot:
             keys = ", ".join(
                 f"{section_name}.{f.name}" for f in dataclasses.fields(getattr(cfg, section_name))
@@ -339,6 +378,16 @@ def validate(cfg: Config) -> None:
             f"model.leaf: bilstm splits a {m.composition} leaf of d_hidden {m.d_hidden} between two "
             "directions: use an even model.d_hidden"
         )
+    if m.encoder != "spinn" and m.pooling not in POOLINGS[m.encoder]:
+        raise ConfigError(
+            f"model.pooling: encoder {m.encoder!r} pools by {', '.join(POOLINGS[m.encoder])}; "
+            f"found {m.pooling!r}"
+        )
+    if m.encoder != "spinn" and m.variant == "spinn":
+        raise ConfigError(
+            f"model.variant: 'spinn' predicts transitions, which encoder {m.encoder!r} cannot; set "
+            "model.variant=spinn_pi_nt (ignored by the baselines) or model.encoder=spinn"
+        )
     if m.freeze_embeddings and v.glove is None:
         raise ConfigError(
             "model.freeze_embeddings: true with vocab.glove null would train on frozen random vectors; "
@@ -346,6 +395,10 @@ def validate(cfg: Config) -> None:
         )
     if t.epochs is None and t.max_steps is None:
         raise ConfigError("train.epochs and train.max_steps are both null: set at least one to stop training")
+    if d.num_classes < 2:
+        raise ConfigError(f"data.num_classes: expected at least 2 classes, found {d.num_classes}")
+    if d.phrases and d.format != "sst":
+        raise ConfigError(f"data.phrases: applies to data.format sst (labelled trees), found {d.format!r}")
     if not is_device_name(t.device):
         raise ConfigError(f"train.device: expected {DEVICE_NAMES}, found {t.device!r}")
 
@@ -353,7 +406,9 @@ def validate(cfg: Config) -> None:
 def diff_configs(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
     """The dotted keys whose values differ, with (old, new) values."""
     a, b = config_to_dict(old), config_to_dict(new)
-    return [(f"{s}.{k}", a[s][k], b[s][k]) for s in a for k in a[s] if a[s][k] != b[s][k]]
+    flat = [(s, a[s], b[s]) for s in a if not isinstance(a[s], dict)]  # top-level keys such as task
+    nested = [(f"{s}.{k}", a[s][k], b[s][k]) for s in a if isinstance(a[s], dict) for k in a[s]]
+    return [(key, x, y) for key, x, y in flat + nested if x != y]
 
 
 def _copy(cfg: Config) -> Config:
@@ -423,6 +478,14 @@ def _show(value: Any) -> str:
     return "null" if value is None else f"{value!r} ({type(value).__name__})"
 
 
+def class_names(cfg: Config) -> tuple[str, ...]:
+    """The names of the classes the config's task predicts, in class-id order."""
+    if cfg.task == "nli":
+        return LABELS
+    d = cfg.data
+    return label_names(d.format, d.sst_labels, d.num_classes)
+
+
 def build_model(cfg: Config, vocab_size: int, embeddings: torch.Tensor | None = None) -> NLIClassifier:
     """The one place a config becomes a model: `NLIClassifier` with the ``model`` section's arguments.
 
@@ -447,4 +510,9 @@ def build_model(cfg: Config, vocab_size: int, embeddings: torch.Tensor | None = 
         embeddings=embeddings,
         transition_loss_weight=m.transition_loss_weight,
         eval_given_transitions=m.eval_given_transitions,
+        n_classes=len(class_names(cfg)),
+        sentence_pairs=cfg.task == "nli",
+        encoder=m.encoder,
+        pooling=m.pooling,
+        bidirectional=m.bidirectional,
     )

@@ -1,4 +1,5 @@
-"""Evaluate a trained checkpoint on a labelled NLI split: accuracy, per-class scores, predictions.
+"""Evaluate a trained checkpoint on a labelled split (NLI pairs or single sentences to classify):
+accuracy, per-class scores, predictions.
 
     python scripts/evaluate.py --checkpoint runs/small --split dev
     python scripts/evaluate.py --checkpoint runs/small/best.pt --data multinli_1.0_dev_mismatched.jsonl
@@ -16,6 +17,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ from tqdm import tqdm
 
 from spinn import cli, distributed
 from spinn.checkpoint import check_weights_fit, load_checkpoint
-from spinn.config import Config, DataConfig, build_model, config_from_dict
+from spinn.config import Config, DataConfig, build_model, class_names, config_from_dict
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
-from spinn.data.cache import NLITable, load_nli
+from spinn.data.cache import NLITable, load_nli, with_trivial_trees
+from spinn.data.classify import read_classify
 from spinn.data.snli import LABELS, read_nli
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
@@ -53,7 +56,7 @@ class EvalResult:
     """Predictions over a whole split, in the split's order.
 
     Attributes:
-        probs: (N, 3) class probabilities; labels: (N,) gold label ids.
+        probs: (N, n_classes) class probabilities; labels: (N,) gold label ids.
         loss: mean cross-entropy of the labels.
         parse_correct, parse_total: predicted transitions that agree with the given ones, over the
             real (non-PAD) steps of premises and hypotheses; 0, 0 without a transition predictor.
@@ -90,12 +93,38 @@ class LoadedModel:
     step: int
 
 
-def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITable:
-    """Read one labelled NLI file into columns (cached when read whole; ``data.limit`` keeps the first pairs).
+def read_table(
+    path: Path, data: DataConfig, *, task: str = "nli", phrases: bool = False, progress: bool = True
+) -> NLITable:
+    """Read one labelled file into columns: NLI pairs (cached when read whole) or, for task
+    ``classify``, single sentences (`spinn.data.classify`). ``data.limit`` keeps the first examples;
+    ``data.transitions`` replaces the parses by trivial trees.
+
+    Args:
+        phrases: classify, format sst: every labelled phrase is an example (``data.phrases``, for the
+            training split).
 
     Raises:
-        SpinnError: as `spinn.data.snli.read_nli`, or when the file has no labelled pairs.
+        SpinnError: as `spinn.data.snli.read_nli` or `spinn.data.classify.read_classify`, or when the
+            file has no labelled examples.
     """
+    if task == "classify":
+        found = read_classify(
+            path,
+            fmt=data.format,
+            sst_labels=data.sst_labels,
+            num_classes=data.num_classes,
+            phrases=phrases,
+            lowercase=data.lowercase,
+            skip_invalid=data.skip_invalid,
+            max_length=data.max_length,
+            too_long=data.too_long,
+            limit=data.limit,
+        )
+        table = NLITable.from_examples(
+            found.examples, no_gold=found.no_gold, invalid=found.invalid, too_long=found.too_long
+        )
+        return with_trivial_trees(_refuse_empty(table, path, data, "sentences"), data.transitions)
     options = dict(
         lowercase=data.lowercase,
         skip_invalid=data.skip_invalid,
@@ -111,18 +140,25 @@ def read_table(path: Path, data: DataConfig, *, progress: bool = True) -> NLITab
         table = NLITable.from_examples(
             nli.examples, no_gold=nli.no_gold, invalid=nli.invalid, too_long=nli.too_long
         )
+    return with_trivial_trees(_refuse_empty(table, path, data, "sentence pairs"), data.transitions)
+
+
+def _refuse_empty(table: NLITable, path: Path, data: DataConfig, what: str) -> NLITable:
     if len(table) == 0:
         raise SpinnError(
-            f"{path}: no usable sentence pairs, expected at least one; found {table.no_gold} row(s) without "
-            f"a gold label, {table.invalid} invalid row(s) skipped (data.skip_invalid) and "
-            f"{table.too_long if data.too_long == 'skip' else 0} pair(s) over data.max_length skipped"
+            f"{path}: no usable {what}, expected at least one; found {table.no_gold} row(s) without "
+            f"a gold label (or a neutral one in binary SST), {table.invalid} invalid row(s) skipped "
+            f"(data.skip_invalid) and {table.too_long if data.too_long == 'skip' else 0} over "
+            "data.max_length skipped"
         )
     return table
 
 
-def load_split(path: Path, data: DataConfig, vocab: Vocab, *, progress: bool = True) -> Split:
+def load_split(
+    path: Path, data: DataConfig, vocab: Vocab, *, task: str = "nli", progress: bool = True
+) -> Split:
     """`read_table`, with words mapped to `vocab` ids."""
-    table = read_table(path, data, progress=progress)
+    table = read_table(path, data, task=task, progress=progress)
     return Split(NLIDataset(table, vocab), path, table.no_gold, table.invalid, table.genres)
 
 
@@ -145,7 +181,7 @@ def evaluate(
     """
     model.eval()
     n = len(dataset)
-    probs = torch.zeros(n, len(LABELS))
+    probs = torch.zeros(n, model.n_classes)
     labels = torch.zeros(n, dtype=torch.long)
     total_loss = 0.0
     parse_correct = parse_total = 0
@@ -164,7 +200,7 @@ def evaluate(
         probs[rows] = logits.softmax(dim=1).cpu()
         labels[rows] = batch.labels.cpu()
         for side, sentences in ((out.premise, batch.premise), (out.hypothesis, batch.hypothesis)):
-            if side.predicted_transitions is not None:
+            if side is not None and side.predicted_transitions is not None:
                 given = sentences.transitions  # (B, T); the prediction may be wider (padded to the pair)
                 predicted = side.predicted_transitions[:, : given.shape[1]]
                 real = given != PAD
@@ -177,15 +213,17 @@ def evaluate(
     return EvalResult(probs, labels, dataset.pair_ids, total_loss / max(n, 1), parse_correct, parse_total)
 
 
-def classification_report(labels: torch.Tensor, predictions: torch.Tensor) -> dict[str, Any]:
+def classification_report(
+    labels: torch.Tensor, predictions: torch.Tensor, names: Sequence[str] = LABELS
+) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support, macro F1, and the confusion matrix.
 
-    ``confusion[i][j]`` counts pairs of gold class i predicted as class j (classes in `LABELS` order).
+    ``confusion[i][j]`` counts examples of gold class i predicted as class j (classes in `names` order).
     """
-    k = len(LABELS)
+    k = len(names)
     confusion = torch.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
     per_class = {}
-    for i, name in enumerate(LABELS):
+    for i, name in enumerate(names):
         tp = int(confusion[i, i])
         predicted, gold = int(confusion[:, i].sum()), int(confusion[i].sum())
         precision = tp / predicted if predicted else 0.0
@@ -215,8 +253,9 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(model.to(device).eval(), vocab, cfg, where, int(ckpt["step"]))
 
 
-def write_predictions(path: Path, result: EvalResult) -> None:
-    """One JSON line per pair: pairID, gold and predicted label, and the class probabilities."""
+def write_predictions(path: Path, result: EvalResult, names: Sequence[str] = LABELS) -> None:
+    """One JSON line per example: pairID (an id, for single sentences ``file:line``), gold and
+    predicted label, and the class probabilities."""
     with open(path, "w", encoding="utf-8") as f:
         for pair_id, gold, pred, probs in zip(
             result.pair_ids,
@@ -227,9 +266,9 @@ def write_predictions(path: Path, result: EvalResult) -> None:
         ):
             record = {
                 "pairID": pair_id,
-                "gold_label": LABELS[gold],
-                "predicted_label": LABELS[pred],
-                "probabilities": {name: round(p, 6) for name, p in zip(LABELS, probs, strict=True)},
+                "gold_label": names[gold],
+                "predicted_label": names[pred],
+                "probabilities": {name: round(p, 6) for name, p in zip(names, probs, strict=True)},
             }
             f.write(json.dumps(record) + "\n")
 
@@ -245,13 +284,13 @@ def split_metrics(result: EvalResult, split: Split) -> dict[str, Any]:
     }
 
 
-def metrics(result: EvalResult, split: Split) -> dict[str, Any]:
+def metrics(result: EvalResult, split: Split, names: Sequence[str] = LABELS) -> dict[str, Any]:
     """The figures `scripts/evaluate.py` prints and writes, as plain data."""
     return {
         **split_metrics(result, split),
         "skipped_no_gold": split.no_gold,
         "skipped_invalid": split.invalid,
-        **classification_report(result.labels, result.predictions),
+        **classification_report(result.labels, result.predictions, names),
         "per_genre": None if split.genres is None else genre_accuracy(result, split.genres),
     }
 
@@ -271,7 +310,8 @@ def genre_accuracy(result: EvalResult, genres: list[str | None]) -> dict[str, di
 def format_report(m: dict[str, Any]) -> str:
     """A human-readable table of `metrics`."""
     lines = [
-        f"{m['file']}: {m['pairs']} pairs ({m['skipped_no_gold']} rows without a gold label skipped"
+        f"{m['file']}: {m['pairs']} {m.get('unit', 'pairs')} ({m['skipped_no_gold']} rows without a gold "
+        "label skipped"
         + (f", {m['skipped_invalid']} invalid rows skipped)" if m["skipped_invalid"] else ")"),
         f"accuracy {m['accuracy']:.4f}   loss {m['loss']:.4f}   macro F1 {m['macro_f1']:.4f}",
     ]
@@ -282,8 +322,9 @@ def format_report(m: dict[str, Any]) -> str:
     lines.append(f"{'':15}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}")
     for name, c in m["per_class"].items():
         lines.append(f"{name:15}{c['precision']:10.4f}{c['recall']:10.4f}{c['f1']:10.4f}{c['support']:10d}")
-    lines.append("confusion (rows gold, columns predicted): " + "  ".join(f"{n[:4]}" for n in LABELS))
-    for name, row in zip(LABELS, m["confusion"], strict=True):
+    names = list(m["per_class"])
+    lines.append("confusion (rows gold, columns predicted): " + "  ".join(f"{n[:4]}" for n in names))
+    for name, row in zip(names, m["confusion"], strict=True):
         lines.append(f"  {name:13}" + "".join(f"{v:8d}" for v in row))
     if m["per_genre"]:
         lines.append(
@@ -361,7 +402,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     # The run's splits are scored as the run scored them; any other file is scored whole.
     data = replace(cfg.data, limit=None) if args.data else cfg.data
-    split = load_split(path, data, loaded.vocab, progress=not args.no_progress)
+    split = load_split(path, data, loaded.vocab, task=cfg.task, progress=not args.no_progress)
     start = time.perf_counter()
     result = evaluate(
         loaded.model,
@@ -371,15 +412,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         desc=name,
     )
-    m = metrics(result, split)
+    names = class_names(cfg)
+    m = metrics(result, split, names)
     m.update(checkpoint=str(loaded.path), step=loaded.step, seconds=round(time.perf_counter() - start, 2))
+    m["unit"] = "pairs" if cfg.task == "nli" else "sentences"
     if cfg.model.variant == "spinn":
         m["transitions"] = "given" if loaded.model.eval_given_transitions else "predicted"
     print(format_report(m))
 
     output = Path(args.output) if args.output else loaded.path.parent / f"predictions_{name}.jsonl"
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(output, result)
+    write_predictions(output, result, names)
     metrics_path = output.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
     print(f"predictions: {output}\nmetrics: {metrics_path}", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""Label sentence pairs with a trained checkpoint.
+"""Label sentence pairs (or, with a classify checkpoint, single sentences) with a trained checkpoint.
 
     python scripts/predict.py --checkpoint runs/small --premise "A man plays a guitar." \\
         --hypothesis "A person makes music."
     python scripts/predict.py --checkpoint runs/small --input pairs.jsonl --output labels.jsonl
+    python scripts/predict.py --checkpoint runs/sst_binary_spinn_pi_nt --sentence "A lovely film ."
 
 Each sentence is either a binary parse (``( ( A man ) ( plays ( a guitar ) ) )``: the text starts
 with a ``(`` token and ends with a ``)`` token) or raw text, which `spinn.tokenize.tokenize` splits
@@ -12,8 +13,9 @@ cannot parse: they follow given parses and read raw text as a balanced binary tr
 
 Input files: ``.jsonl`` rows with ``sentence1``/``sentence2`` (or ``premise``/``hypothesis``), where
 ``sentence1_binary_parse``/``sentence2_binary_parse`` win when present; or ``.tsv``/``.txt`` with a
-header row naming the same columns. Output: one JSON line per pair with the label, the probabilities
-and the tree each sentence was read as.
+header row naming the same columns; for a classify checkpoint the column is ``sentence_binary_parse``
+or ``sentence``. Output: one JSON line per pair (or sentence) with the label, the probabilities and
+the tree each sentence was read as.
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ from typing import Any, TextIO
 import torch
 
 from spinn import cli
+from spinn.config import class_names
 from spinn.data.batching import NLIItem, collate_nli
-from spinn.data.snli import LABELS, read_rows
+from spinn.data.snli import read_rows
+from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError, at
 from spinn.evaluate import LoadedModel, load_model
 from spinn.tokenize import tokenize
-from spinn.transitions import balanced, parse_to_transitions, transitions_to_parse
+from spinn.transitions import TRIVIAL_TREES, balanced, parse_to_transitions, transitions_to_parse
 
 #: Column names of the premise and of the hypothesis, in order of preference.
 PREMISE_FIELDS = ("sentence1_binary_parse", "sentence1", "premise")
 HYPOTHESIS_FIELDS = ("sentence2_binary_parse", "sentence2", "hypothesis")
+#: The column of the sentence to classify (task classify).
+SENTENCE_FIELDS = ("sentence_binary_parse", "sentence")
 
 
 @dataclass
@@ -49,14 +55,17 @@ class Sentence:
     text: str
     tokens: list[str]
     transitions: list[int]
-    #: "given" (a binary parse) or "raw" (tokenised text, read as a balanced tree unless predicted).
+    #: "given" (a binary parse) or "raw" (tokenised text, read as a balanced tree unless predicted);
+    #: left, right or balanced for a model trained on trivial trees (``data.transitions``).
     source: str
 
 
 @dataclass
 class Pair:
+    """A pair to label; a single sentence to classify is a premise without hypothesis."""
+
     premise: str
-    hypothesis: str
+    hypothesis: str | None
     pair_id: str | None = None
 
 
@@ -85,8 +94,9 @@ def read_sentence(text: str, *, lowercase: bool, where: str) -> Sentence:
     return Sentence(text, tokens, [int(t) for t in transitions], source)
 
 
-def read_pairs(path: Path) -> list[Pair]:
-    """Read the pairs of a ``.jsonl`` or a ``.tsv``/``.txt`` (header row) file.
+def read_pairs(path: Path, *, single: bool = False) -> list[Pair]:
+    """Read the pairs (with `single`, the sentences) of a ``.jsonl`` or a ``.tsv``/``.txt`` (header
+    row) file.
 
     Raises:
         SpinnError: a missing file, bad JSON, or a row without a premise or hypothesis column.
@@ -96,16 +106,18 @@ def read_pairs(path: Path) -> list[Pair]:
     pairs = []
     for line_no, row in read_rows(path):
         sides = []
-        for fields in (PREMISE_FIELDS, HYPOTHESIS_FIELDS):
+        for fields in (SENTENCE_FIELDS,) if single else (PREMISE_FIELDS, HYPOTHESIS_FIELDS):
             value = next((row[f] for f in fields if isinstance(row.get(f), str) and row[f].strip()), None)
             if value is None:
                 names = ", ".join(fields)
                 raise SpinnError(f"{at(str(path), line_no)}: expected a non-empty field among {names}")
             sides.append(value)
         pair_id = row.get("pairID")
-        pairs.append(Pair(sides[0], sides[1], None if pair_id is None else str(pair_id)))
+        pairs.append(
+            Pair(sides[0], sides[-1] if len(sides) == 2 else None, None if pair_id is None else str(pair_id))
+        )
     if not pairs:
-        raise SpinnError(f"{path}: no sentence pairs")
+        raise SpinnError(f"{path}: no sentences" if single else f"{path}: no sentence pairs")
     return pairs
 
 
@@ -113,44 +125,48 @@ def read_pairs(path: Path) -> list[Pair]:
 def predict(
     loaded: LoadedModel, pairs: list[Pair], *, device: torch.device, batch_size: int = 64
 ) -> Iterator[dict[str, Any]]:
-    """Label `pairs` in batches; yield one record per pair, in order.
+    """Label `pairs` in batches; yield one record per pair, in order. A single-sentence classifier
+    reads each pair's premise as its sentence, and its records name it ``sentence``.
 
     Raises:
         SpinnError: an empty or malformed sentence (naming the pair).
     """
     model, vocab = loaded.model, loaded.vocab
     lowercase = loaded.config.data.lowercase
+    names = class_names(loaded.config)
+    trees = loaded.config.data.transitions
+    sides = ("premise", "hypothesis") if model.sentence_pairs else ("sentence",)
     predicts = model.variant == "spinn" and not model.eval_given_transitions
     raw = 0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        sentences = [
-            (
-                read_sentence(p.premise, lowercase=lowercase, where=f"pair {start + i + 1}: premise"),
-                read_sentence(p.hypothesis, lowercase=lowercase, where=f"pair {start + i + 1}: hypothesis"),
-            )
-            for i, p in enumerate(chunk)
-        ]
-        for i, (a, b) in enumerate(sentences):
-            for side, s in (("premise", a), ("hypothesis", b)):
-                if not any(t in vocab for t in s.tokens):
+        sentences = []
+        for i, p in enumerate(chunk):
+            texts = (p.premise, p.hypothesis)[: len(sides)]
+            read = [
+                _as_trained(
+                    read_sentence(text, lowercase=lowercase, where=f"pair {start + i + 1}: {side}"), trees
+                )
+                for side, text in zip(sides, texts, strict=True)
+            ]
+            for side, sentence in zip(sides, read, strict=True):
+                if not any(t in vocab for t in sentence.tokens):
                     raise SpinnError(
-                        f"pair {start + i + 1}: {side}: none of its {len(s.tokens)} words is in the model's "
-                        f"vocabulary ({' '.join(s.tokens[:8])}), expected at least one known word"
+                        f"pair {start + i + 1}: {side}: none of its {len(sentence.tokens)} words is in the "
+                        f"model's vocabulary ({' '.join(sentence.tokens[:8])}), expected at least one known "
+                        "word"
                     )
-        items = [
-            NLIItem(vocab.encode(a.tokens), a.transitions, vocab.encode(b.tokens), b.transitions, 0, str(i))
-            for i, (a, b) in enumerate(sentences)
-        ]
+            sentences.append(read)
+        items = [_item(read, vocab, str(i)) for i, read in enumerate(sentences)]
         out = model(collate_nli(items).to(device))
         probs = out.logits.float().softmax(dim=1).cpu()
-        for i, (pair, (a, b)) in enumerate(zip(chunk, sentences, strict=True)):
+        for i, (pair, read) in enumerate(zip(chunk, sentences, strict=True)):
             record: dict[str, Any] = {} if pair.pair_id is None else {"pairID": pair.pair_id}
-            record["label"] = LABELS[int(probs[i].argmax())]
+            record["label"] = names[int(probs[i].argmax())]
             record["probabilities"] = {
-                name: round(float(p), 6) for name, p in zip(LABELS, probs[i], strict=True)
+                name: round(float(p), 6) for name, p in zip(names, probs[i], strict=True)
             }
-            for name, s, side in (("premise", a, out.premise), ("hypothesis", b, out.hypothesis)):
+            for name, s, side in zip(sides, read, (out.premise, out.hypothesis), strict=False):
                 if predicts:
                     steps = side.predicted_transitions[i, : 2 * len(s.tokens) - 1].tolist()
                     tree, how = transitions_to_parse(s.tokens, steps), "predicted"
@@ -170,6 +186,29 @@ def predict(
         )
 
 
+def _as_trained(sentence: Sentence, trees: str) -> Sentence:
+    """The sentence read as the model was trained (``data.transitions``): a trivial tree replaces its
+    parse, and says so as its source."""
+    if trees == "given":
+        return sentence
+    return Sentence(
+        sentence.text, sentence.tokens, [int(t) for t in TRIVIAL_TREES[trees](len(sentence.tokens))], trees
+    )
+
+
+def _item(sentences: list[Sentence], vocab: Vocab, item_id: str) -> NLIItem:
+    """A pair, or a single sentence (no hypothesis), as `collate_nli` takes it."""
+    first, second = sentences[0], sentences[1] if len(sentences) > 1 else None
+    return NLIItem(
+        vocab.encode(first.tokens),
+        first.transitions,
+        None if second is None else vocab.encode(second.tokens),
+        None if second is None else second.transitions,
+        0,
+        item_id,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Entry point: check the arguments, load the model and the pairs, predict, write.
 # ---------------------------------------------------------------------------------------------------
@@ -177,14 +216,17 @@ def predict(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Label premise/hypothesis pairs with a spinn checkpoint.",
+        description="Label premise/hypothesis pairs, or single sentences, with a spinn checkpoint.",
         epilog='example: python scripts/predict.py --checkpoint runs/small --premise "A dog runs." '
         '--hypothesis "An animal moves."',
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder (its best.pt)")
     parser.add_argument("--premise", help="raw text or a binary parse")
     parser.add_argument("--hypothesis", help="raw text or a binary parse")
-    parser.add_argument("--input", help="a .jsonl or .tsv file of pairs instead of --premise/--hypothesis")
+    parser.add_argument("--sentence", help="classify checkpoints: the sentence, raw text or a binary parse")
+    parser.add_argument(
+        "--input", help="a .jsonl or .tsv file of pairs (or sentences) instead of --premise/--hypothesis"
+    )
     parser.add_argument("--output", help="write JSON lines here instead of to stdout")
     parser.add_argument(
         "--transitions",
@@ -198,17 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    if args.input is None and (args.premise is None or args.hypothesis is None):
-        raise SpinnError("give --premise and --hypothesis, or --input FILE")
-    if args.input is not None and (args.premise is not None or args.hypothesis is not None):
-        raise SpinnError("give either --input FILE or --premise/--hypothesis, not both")
+    texts = [t for t in (args.premise, args.hypothesis, args.sentence) if t is not None]
+    if args.input is None and not texts:
+        raise SpinnError(
+            "give --premise and --hypothesis (a classify checkpoint: --sentence), or --input FILE"
+        )
+    if args.input is not None and texts:
+        raise SpinnError("give either --input FILE or --premise/--hypothesis (--sentence), not both")
     if args.batch_size < 1:
         raise SpinnError(f"--batch-size: expected a value > 0, found {args.batch_size}")
     device = cli.resolve_device(args.device)
     loaded = load_model(args.checkpoint, device)
+    single = not loaded.model.sentence_pairs
+    if args.input is None and single and (args.sentence is None or len(texts) > 1):
+        raise SpinnError(f"{loaded.path} classifies single sentences: give --sentence TEXT or --input FILE")
+    if (
+        args.input is None
+        and not single
+        and (args.premise is None or args.hypothesis is None or args.sentence)
+    ):
+        raise SpinnError(
+            f"{loaded.path} labels sentence pairs: give --premise and --hypothesis, or --input FILE"
+        )
     if loaded.model.variant == "spinn":
         loaded.model.eval_given_transitions = args.transitions == "given"
-    pairs = read_pairs(Path(args.input)) if args.input else [Pair(args.premise, args.hypothesis)]
+    if args.input is not None:
+        pairs = read_pairs(Path(args.input), single=single)
+    else:
+        pairs = [Pair(args.sentence, None) if single else Pair(args.premise, args.hypothesis)]
     records = predict(loaded, pairs, device=device, batch_size=args.batch_size)
     if args.output is None:
         _write(records, sys.stdout)

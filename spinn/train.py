@@ -66,6 +66,7 @@ from spinn.model.classifier import NLIClassifier
 #: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
 #: the vocabulary or the order of the batches.
 FIXED_ON_RESUME = (
+    "task",
     "model.",
     "vocab.",
     "data.train",
@@ -73,6 +74,11 @@ FIXED_ON_RESUME = (
     "data.limit",
     "data.max_length",
     "data.too_long",
+    "data.format",
+    "data.sst_labels",
+    "data.num_classes",
+    "data.phrases",
+    "data.transitions",
     "train.seed",
     "train.batch_size",
     "optim.name",
@@ -167,8 +173,11 @@ def setup_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | Non
             warnings.warn(
                 f"{key}: the checkpoint has {old!r}, the config {new!r}; resuming with {old!r}", stacklevel=2
             )
-            section, name = key.split(".", 1)
-            merged[section][name] = kept[section][name]
+            section, _, name = key.partition(".")
+            if name:
+                merged[section][name] = kept[section][name]
+            else:  # a top-level key such as task
+                merged[section] = kept[section]
             if key == "data.train":  # relative to the checkpoint's data_dir, not the config's
                 merged["data"]["train"] = str(saved.data.path(saved.data.train))
     cfg = config_from_dict(merged, f"{run_dir}: resumed config")
@@ -210,7 +219,11 @@ def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
     for name, path in paths.items():
         if path is not None and not path.is_file():
             raise SpinnError(f"data.{name}: no such file {path} (data.data_dir is {d.data_dir!r})")
-    tables = {name: read_table(p, d, progress=progress) for name, p in paths.items() if p is not None}
+    tables = {
+        name: read_table(p, d, task=cfg.task, phrases=d.phrases and name == "train", progress=progress)
+        for name, p in paths.items()
+        if p is not None
+    }
     embeddings = None
     if vocab is None:
         counts: Counter[str] = Counter()
@@ -232,10 +245,9 @@ def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
     splits = {
         name: Split(NLIDataset(t, vocab), paths[name], t.no_gold, t.invalid) for name, t in tables.items()
     }
+    unit, left_out = ("pairs", "without a gold label") if cfg.task == "nli" else ("sentences", "left out")
     for name, split in splits.items():
-        print(
-            f"{name}: {len(split.dataset):,} pairs from {split.path} ({split.no_gold} without a gold label)"
-        )
+        print(f"{name}: {len(split.dataset):,} {unit} from {split.path} ({split.no_gold} {left_out})")
     return Data(vocab, splits["train"], splits["dev"], splits.get("test"), embeddings)
 
 

@@ -138,6 +138,10 @@ def balanced(n: int) -> list[Transition]:
     return balanced(left) + balanced(n - left) + [REDUCE]
 
 
+#: The trivial trees a binary parse can be replaced by (``data.transitions``), by name.
+TRIVIAL_TREES = {"left": left_branching, "right": right_branching, "balanced": balanced}
+
+
 def _check_length(n: int) -> None:
     if n < 1:
         raise ParseError(f"a tree needs at least one word, got {n}")

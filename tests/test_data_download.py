@@ -165,3 +165,29 @@ def test_script_reports_errors_with_status_2(served, tmp_path, capsys, monkeypat
     assert "error: --checksum applies to one NAME at a time, found 2 names" in capsys.readouterr().err
     with pytest.raises(SpinnError, match="expected md5:1111"):  # --debug, as every script has
         main([*args, "--checksum", "md5:" + "1" * 32, "--keep-archive", "--debug"])
+
+
+def test_sst_archive_unpacks_to_the_trees_the_classify_reader_takes(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    trees = {
+        "train": "(3 (2 It) (4 good))\n",
+        "dev": "(1 (2 A) (0 mess))\n",
+        "test": "(4 (3 Very) (4 good))\n",
+    }
+    with zipfile.ZipFile(folder / dl.RESOURCES["sst"].archive, "w") as zf:
+        for split, text in trees.items():
+            zf.writestr(f"trees/{split}.txt", text)
+    server = Server(folder)
+    try:
+        root = tmp_path / "data"
+        checksum = sha256(folder / "trainDevTestTrees_PTB.zip")
+        files = dl.download("sst", root, base_url=server.url, checksum=checksum, progress=False)
+    finally:
+        server.close()
+    assert sorted(p.relative_to(root).as_posix() for p in files) == [
+        f"trees/{s}.txt" for s in ("dev", "test", "train")
+    ]
+    from spinn.data.classify import read_classify
+
+    assert [ex.label for ex in read_classify(root / "trees" / "test.txt", fmt="sst").examples] == [1]

@@ -314,7 +314,6 @@ def test_lengths_out_of_range_are_reported_when_the_model_parses(grad):
             model(words.view(6, 7), None, torch.tensor([4, 3]))
 
 
-
 def test_a_precomputed_schedule_gives_the_same_result():
     model = make_model("spinn_pi")
     words, transitions, lengths, _ = random_batch([5, 3, 8], 7, seed=2)

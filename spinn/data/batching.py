@@ -93,8 +93,9 @@ class NLIBatch:
     """A batch of sentence pairs: premises and hypotheses padded separately (see the module docstring)."""
 
     premise: Sentences
-    hypothesis: Sentences
-    labels: torch.Tensor  # (B,) long, indices into spinn.data.snli.LABELS
+    #: None in a batch of single sentences to classify (they are the premise side).
+    hypothesis: Sentences | None
+    labels: torch.Tensor  # (B,) long, class ids (spinn.data.snli.LABELS for NLI)
     pair_ids: list[str]
     #: `build_schedule` of `pair_sentences(self)` when the collate step precomputed it (else None).
     schedule: Schedule | None = None
@@ -102,7 +103,7 @@ class NLIBatch:
     def to(self, device: torch.device | str) -> NLIBatch:
         return NLIBatch(
             self.premise.to(device),
-            self.hypothesis.to(device),
+            None if self.hypothesis is None else self.hypothesis.to(device),
             self.labels.to(device, non_blocking=True),
             self.pair_ids,
             None if self.schedule is None else self.schedule.to(device),
@@ -113,12 +114,13 @@ class NLIBatch:
 
 
 class NLIItem(NamedTuple):
-    """One numericalised example, as `NLIDataset` returns it and `collate_nli` takes it."""
+    """One numericalised example, as `NLIDataset` returns it and `collate_nli` takes it (a single
+    sentence has no hypothesis: None)."""
 
     premise: list[int]
     premise_transitions: list[int]
-    hypothesis: list[int]
-    hypothesis_transitions: list[int]
+    hypothesis: list[int] | None
+    hypothesis_transitions: list[int] | None
     label: int
     pair_id: str
 
@@ -133,37 +135,34 @@ class NLIDataset(Dataset):
 
     Attributes:
         lengths: (N,) long, max(premise words, hypothesis words) of each example, for bucketing.
+        pairs: False for single sentences (a table without hypotheses): items then have no hypothesis.
     """
 
     def __init__(self, examples: Sequence[NLIExample] | NLITable, vocab: Vocab) -> None:
         table = examples if isinstance(examples, NLITable) else NLITable.from_examples(examples)
         to_vocab = np.array(vocab.encode(table.words), dtype=np.int64)
         self._sides = []
-        for side in ("premise", "hypothesis"):
+        self.pairs = table.hypothesis_ids is not None
+        for side in ("premise", "hypothesis") if self.pairs else ("premise",):
             ids = getattr(table, f"{side}_ids").numpy()
             offsets = getattr(table, f"{side}_offsets").numpy()
             self._sides.append((to_vocab[ids], offsets, getattr(table, f"{side}_transitions").numpy()))
         self._labels = table.labels.tolist()
         self.pair_ids = table.pair_ids
-        (_, p_off, _), (_, h_off, _) = self._sides
-        self.lengths = torch.from_numpy(np.maximum(np.diff(p_off), np.diff(h_off)))
+        self.lengths = torch.from_numpy(np.max([np.diff(off) for _, off, _ in self._sides], axis=0))
 
     def __len__(self) -> int:
         return len(self._labels)
 
     def __getitem__(self, i: int) -> NLIItem:
-        (p_ids, p_off, p_trans), (h_ids, h_off, h_trans) = self._sides
-        pa, pb = p_off[i], p_off[i + 1]
-        ha, hb = h_off[i], h_off[i + 1]
-        # Example i's transitions start at 2 * off[i] - i: each earlier example has 2 n - 1 of them.
-        return NLIItem(
-            p_ids[pa:pb].tolist(),
-            p_trans[2 * pa - i : 2 * pb - i - 1].tolist(),
-            h_ids[ha:hb].tolist(),
-            h_trans[2 * ha - i : 2 * hb - i - 1].tolist(),
-            self._labels[i],
-            self.pair_ids[i],
-        )
+        sides = []
+        for ids, off, trans in self._sides:
+            a, b = off[i], off[i + 1]
+            # Example i's transitions start at 2 * off[i] - i: each earlier example has 2 n - 1 of them.
+            sides += [ids[a:b].tolist(), trans[2 * a - i : 2 * b - i - 1].tolist()]
+        if not self.pairs:
+            sides += [None, None]
+        return NLIItem(*sides, self._labels[i], self.pair_ids[i])
 
 
 def collate_nli(items: Sequence[NLIItem], *, schedule: bool = False) -> NLIBatch:
@@ -177,11 +176,12 @@ def collate_nli(items: Sequence[NLIItem], *, schedule: bool = False) -> NLIBatch
     Raises:
         ParseError: with ``schedule``, transitions that do not build one tree per sentence.
     """
+    pairs = items[0].hypothesis is not None
     batch = NLIBatch(
         premise=pad_sentences([it.premise for it in items], [it.premise_transitions for it in items]),
-        hypothesis=pad_sentences(
-            [it.hypothesis for it in items], [it.hypothesis_transitions for it in items]
-        ),
+        hypothesis=pad_sentences([it.hypothesis for it in items], [it.hypothesis_transitions for it in items])
+        if pairs
+        else None,
         labels=torch.tensor([it.label for it in items], dtype=torch.long),
         pair_ids=[it.pair_id for it in items],
     )
@@ -225,8 +225,11 @@ def _leave_signals_to_the_trainer(worker_id: int) -> None:
 
 
 def pair_sentences(batch: NLIBatch) -> Sentences:
-    """Premises then hypotheses as one `Sentences` batch of 2B, padded to the longer of the two."""
+    """Premises then hypotheses as one `Sentences` batch of 2B, padded to the longer of the two; a
+    batch of single sentences is its premise side (B)."""
     a, b = batch.premise, batch.hypothesis
+    if b is None:
+        return a
     n = max(a.tokens.shape[1], b.tokens.shape[1])
 
     def widen(s: Sentences) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,8 @@ elsewhere. Where the folder is not writable the data is still returned, with a w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import multiprocessing
 import os
 import stat
@@ -35,6 +37,7 @@ import torch
 
 from spinn.data.snli import NLIExample, read_nli
 from spinn.errors import SpinnError
+from spinn.transitions import TRIVIAL_TREES
 
 CACHE_VERSION = 2
 
@@ -105,9 +108,10 @@ class NLITable:
     premise_ids: torch.Tensor
     premise_offsets: torch.Tensor
     premise_transitions: torch.Tensor
-    hypothesis_ids: torch.Tensor
-    hypothesis_offsets: torch.Tensor
-    hypothesis_transitions: torch.Tensor
+    #: None for single sentences (examples without a hypothesis), as are the other hypothesis columns.
+    hypothesis_ids: torch.Tensor | None
+    hypothesis_offsets: torch.Tensor | None
+    hypothesis_transitions: torch.Tensor | None
     labels: torch.Tensor
     pair_ids: list[str]
     genres: list[str | None] | None = None
@@ -131,7 +135,8 @@ class NLITable:
         local.default_factory = local.__len__
         lookup = local.__getitem__
         columns = []
-        for side in ("premise", "hypothesis"):
+        pairs = not examples or examples[0].hypothesis is not None
+        for side in ("premise", "hypothesis") if pairs else ("premise",):
             words, trans = attrgetter(side), attrgetter(f"{side}_transitions")
             ids = np.fromiter(map(lookup, chain.from_iterable(map(words, examples))), dtype=np.int32)
             lengths = np.fromiter(map(len, map(words, examples)), dtype=np.int64, count=len(examples))
@@ -147,8 +152,9 @@ class NLITable:
             np.cumsum(lengths, out=offsets[1:])
             flat_trans = np.fromiter(chain.from_iterable(map(trans, examples)), dtype=np.int8)
             columns.append((torch.from_numpy(ids), torch.from_numpy(offsets), torch.from_numpy(flat_trans)))
-        (p_ids, p_off, p_trans), (h_ids, h_off, h_trans) = columns
-        counts = np.bincount(np.concatenate([p_ids.numpy(), h_ids.numpy()]), minlength=len(local))
+        (p_ids, p_off, p_trans), (h_ids, h_off, h_trans) = columns if pairs else [*columns, (None,) * 3]
+        all_ids = [c[0].numpy() for c in columns]
+        counts = np.bincount(np.concatenate(all_ids), minlength=len(local))
         genres = [ex.genre for ex in examples]
         return cls(
             words=list(local),
@@ -183,6 +189,27 @@ class NLITable:
         if payload["genres"] is not None:
             fields["genres"] = [g or None for g in _unpack(payload["genres"])]
         return cls(**fields)
+
+
+def with_trivial_trees(table: NLITable, trees: str) -> NLITable:
+    """`table` with every sentence's transitions replaced by the trivial tree `trees` over its words:
+    one of `spinn.transitions.TRIVIAL_TREES` (left, right, balanced), or "given" (`table` itself).
+
+    Raises:
+        SpinnError: an unknown name.
+    """
+    if trees == "given":
+        return table
+    if trees not in TRIVIAL_TREES:
+        raise SpinnError(f"trees {trees!r}: expected given or one of {', '.join(TRIVIAL_TREES)}")
+    make = functools.cache(lambda n: np.array(TRIVIAL_TREES[trees](n), dtype=np.int8))
+    columns = {}
+    for side in ("premise", "hypothesis"):
+        offsets = getattr(table, f"{side}_offsets")
+        if offsets is not None:
+            lengths = np.diff(offsets.numpy()).tolist()
+            columns[f"{side}_transitions"] = torch.from_numpy(np.concatenate([make(n) for n in lengths]))
+    return dataclasses.replace(table, **columns)
 
 
 def _pack(strings: list[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Fetch SNLI 1.0, MultiNLI 1.0 and GloVe from their official addresses, check them, unpack them safely.
+"""Fetch SNLI 1.0, MultiNLI 1.0, the Stanford Sentiment Treebank and GloVe from their official
+addresses, check them, unpack them safely.
 
 Each resource is a zip archive. `download` fetches it to ``<root>/<archive>.part`` with a progress bar,
 checks its checksum, moves it into place, and extracts it into ``root`` after checking every member
@@ -65,6 +66,12 @@ RESOURCES: dict[str, Resource] = {
         "https://nlp.stanford.edu/data/glove.840B.300d.zip",
         "md5:2ffafcc9f9ae46fc8c95f32372976137",
         "InferSent dataset/get_data.bash and several other download scripts (agree)",
+    ),
+    # Stanford Sentiment Treebank: trees/{train,dev,test}.txt, the splits `spinn.data.classify` reads.
+    "sst": Resource(
+        "https://nlp.stanford.edu/sentiment/trainDevTestTrees_PTB.zip",
+        "sha256:5c613a4f673fc74097d523a2c83f38e0cc462984d847b82c7aaf36b01cbbbfcc",
+        "one pinned download script (a table of dataset pins, 789,539 bytes); no second source",
     ),
     "glove.42B.300d": Resource("https://nlp.stanford.edu/data/glove.42B.300d.zip", None),
     "glove.6B": Resource(

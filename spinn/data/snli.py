@@ -61,13 +61,16 @@ _PROGRESS_EVERY = 8192
 
 @dataclass
 class NLIExample:
-    """One labelled sentence pair; transitions are `spinn.transitions.Transition` values as ints."""
+    """One labelled sentence pair; transitions are `spinn.transitions.Transition` values as ints.
+
+    A single sentence to classify (`spinn.data.classify`) is a premise with no hypothesis (None).
+    """
 
     pair_id: str
     premise: list[str]
     premise_transitions: list[int]
-    hypothesis: list[str]
-    hypothesis_transitions: list[int]
+    hypothesis: list[str] | None
+    hypothesis_transitions: list[int] | None
     label: int
     genre: str | None = None
 

@@ -1,4 +1,5 @@
-"""The NLI classifier: embeddings, one SPINN shared by premise and hypothesis, and an MLP."""
+"""The classifier: embeddings, one SPINN shared by premise and hypothesis, and an MLP; or, for
+single-sentence classification, the MLP over one sentence vector."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from spinn.data.batching import NLIBatch, pair_sentences
 from spinn.errors import SpinnError
+from spinn.model.baselines import CBOW, ENCODERS, LSTMEncoder
 from spinn.model.schedule import Schedule, real_words
 from spinn.model.spinn import SPINN, SPINNOutput, transition_loss
 
@@ -22,17 +24,18 @@ class ClassifierOutput:
     """What `NLIClassifier.forward` returns.
 
     Attributes:
-        logits: (B, n_classes) class scores (entailment, neutral, contradiction).
+        logits: (B, n_classes) class scores (for NLI: entailment, neutral, contradiction).
         transition_loss: scalar, the full SPINN's transition loss over premises and hypotheses already
             multiplied by ``transition_loss_weight``; None for the other variants. Training loss:
             ``cross_entropy(logits, labels) + transition_loss`` (`NLIClassifier.loss`).
-        premise, hypothesis: the encoder's output for each side.
+        premise, hypothesis: the encoder's output for each side; a single sentence is the premise side
+            (hypothesis None).
     """
 
     logits: Tensor
     transition_loss: Tensor | None
     premise: SPINNOutput
-    hypothesis: SPINNOutput
+    hypothesis: SPINNOutput | None
 
 
 class Dropout(nn.Dropout):
@@ -50,7 +53,8 @@ class Dropout(nn.Dropout):
 
 
 class NLIClassifier(nn.Module):
-    """Bowman et al. (2016)'s NLI model: features [p; h; p - h; p * h] of the two sentence vectors.
+    """Bowman et al. (2016)'s NLI model: features [p; h; p - h; p * h] of the two sentence vectors;
+    with ``sentence_pairs=False`` a single-sentence classifier whose features are the sentence vector.
 
     Args:
         vocab_size: rows of the embedding table (id 0 is padding).
@@ -70,6 +74,13 @@ class NLIClassifier(nn.Module):
         eval_given_transitions: in eval mode let the given parses drive the full SPINN's stack
             instead of its predictions.
         n_classes: output classes.
+        sentence_pairs: classify pairs (NLI batches); False: single sentences (batches without a
+            hypothesis side).
+        encoder: one of `spinn.model.baselines.ENCODERS`: "spinn" (the variant above), or a sequential
+            baseline that ignores the parses, "cbow" (d_embed-wide sentence vectors) or "lstm"
+            (d_hidden-wide, twice that when bidirectional).
+        pooling: the baselines' pooling, one of `spinn.model.baselines.POOLINGS` for the encoder.
+        bidirectional: "lstm" only: read the sentence in both directions.
 
     Raises:
         SpinnError: an unknown variant or embeddings of the wrong shape.
@@ -94,16 +105,24 @@ class NLIClassifier(nn.Module):
         transition_loss_weight: float = 1.0,
         eval_given_transitions: bool = False,
         n_classes: int = 3,
+        sentence_pairs: bool = True,
+        encoder: str = "spinn",
+        pooling: str = "max",
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise SpinnError(f"variant {variant!r} is unknown, expected one of {', '.join(VARIANTS)}")
+        if encoder not in ENCODERS:
+            raise SpinnError(f"encoder {encoder!r} is unknown, expected one of {', '.join(ENCODERS)}")
         if embeddings is not None and tuple(embeddings.shape) != (vocab_size, d_embed):
             raise SpinnError(
                 f"embeddings have shape {tuple(embeddings.shape)}, expected ({vocab_size}, {d_embed}) "
                 f"(vocab_size, d_embed)"
             )
         self.variant = variant
+        self.n_classes = n_classes
+        self.sentence_pairs = sentence_pairs
         self.transition_loss_weight = transition_loss_weight
         self.eval_given_transitions = eval_given_transitions
         self.embed = nn.Embedding(vocab_size, d_embed, padding_idx=0)
@@ -112,16 +131,29 @@ class NLIClassifier(nn.Module):
                 self.embed.weight.copy_(embeddings)
         self.embed.weight.requires_grad_(not freeze_embeddings)
         self.embed_dropout = Dropout(dropout)
-        self.encoder = SPINN(
-            d_embed,
-            d_hidden,
-            d_tracker=None if variant == "spinn_pi_nt" else d_tracker,
-            predict_transitions=variant == "spinn",
-            composition=composition,
-            leaf=leaf,
-        )
-        layers: list[nn.Module] = [nn.BatchNorm1d(4 * d_hidden)] if batch_norm else []
-        d_in = 4 * d_hidden
+        self.encoder: SPINN | CBOW | LSTMEncoder
+        if encoder == "spinn":
+            self.encoder = SPINN(
+                d_embed,
+                d_hidden,
+                d_tracker=None if variant == "spinn_pi_nt" else d_tracker,
+                predict_transitions=variant == "spinn",
+                composition=composition,
+                leaf=leaf,
+            )
+            d_sentence = d_hidden
+        else:
+            if variant == "spinn":
+                raise SpinnError(
+                    f"encoder {encoder!r} cannot predict transitions: variant 'spinn' needs SPINN"
+                )
+            if encoder == "cbow":
+                self.encoder = CBOW(d_embed, pooling)
+            else:
+                self.encoder = LSTMEncoder(d_embed, d_hidden, bidirectional=bidirectional, pooling=pooling)
+            d_sentence = self.encoder.d_out
+        d_in = (4 if sentence_pairs else 1) * d_sentence
+        layers: list[nn.Module] = [nn.BatchNorm1d(d_in)] if batch_norm else []
         for _ in range(mlp_layers):
             layers += [Dropout(dropout), nn.Linear(d_in, mlp_dim), nn.ReLU()]
             layers += [nn.BatchNorm1d(mlp_dim)] if batch_norm else []
@@ -139,7 +171,14 @@ class NLIClassifier(nn.Module):
 
         Returns:
             `ClassifierOutput`.
+
+        Raises:
+            SpinnError: a batch of pairs for a single-sentence classifier, or the other way round.
         """
+        if (batch.hypothesis is not None) != self.sentence_pairs:
+            expected = "sentence pairs" if self.sentence_pairs else "single sentences"
+            found = "single sentences" if batch.hypothesis is None else "sentence pairs"
+            raise SpinnError(f"this classifier takes batches of {expected}, found a batch of {found}")
         pairs = pair_sentences(batch)  # premises then hypotheses, (2B, ...)
         given = self.training or self.eval_given_transitions
         schedule = batch.schedule if schedule is None else schedule
@@ -155,11 +194,12 @@ class NLIClassifier(nn.Module):
         both = self.encoder(
             words, pairs.transitions, pairs.lengths, use_given_transitions=given, schedule=schedule
         )
-        n = len(batch.labels)
-        premise, hypothesis = _split(both, pairs.transitions, n)
+        loss = None if both.transition_loss is None else self.transition_loss_weight * both.transition_loss
+        if not self.sentence_pairs:
+            return ClassifierOutput(self.mlp(both.h), loss, both, None)
+        premise, hypothesis = _split(both, pairs.transitions, len(batch.labels))
         p, h = premise.h, hypothesis.h
         logits = self.mlp(torch.cat((p, h, p - h, p * h), dim=1))
-        loss = None if both.transition_loss is None else self.transition_loss_weight * both.transition_loss
         return ClassifierOutput(logits, loss, premise, hypothesis)
 
     def loss(self, output: ClassifierOutput, labels: Tensor) -> Tensor:
