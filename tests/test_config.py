@@ -34,7 +34,10 @@ def test_every_config_validates_and_builds_its_model(path):
     )
     model = build_model(cfg, vocab_size=12)
     assert model.variant == cfg.model.variant
-    assert (model.encoder.tracker is None) == (cfg.model.variant == "spinn_pi_nt")
+    if cfg.model.encoder == "spinn":
+        assert (model.encoder.tracker is None) == (cfg.model.variant == "spinn_pi_nt")
+    else:  # a sequential baseline
+        assert type(model.encoder).__name__ == {"cbow": "CBOW", "lstm": "LSTMEncoder"}[cfg.model.encoder]
 
 
 def test_paper_configs_differ_where_the_paper_tuned_them():
