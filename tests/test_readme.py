@@ -30,7 +30,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 }
 #: Repository paths a document names: folders ending in / and files with a suffix.
 PATH = re.compile(
-    r"(?<![\w./-])((?:configs|scripts|docs|benchmarks|examples|tests|spinn)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)"
+    r"(?<![\w./-])((?:configs|scripts|docs|benchmarks|examples|tests|spinn|requirements|\.ci)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)"
 )
 LINK = re.compile(r"\]\(([^)#:]+)(?:#[^)]*)?\)")
 
