@@ -1,5 +1,7 @@
 """spinn: the SPINN shift-reduce sentence encoder (Bowman et al. 2016) for PyTorch 2.x."""
 
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it from here
+
 from spinn.data.batching import (
     BucketBatchSampler,
     NLIBatch,

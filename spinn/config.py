@@ -53,6 +53,42 @@ class ConfigError(SpinnError):
     """An unknown key, a value of the wrong type or an impossible value in a config or an override."""
 
 
+#: The configs shipped inside the package; the repository's top-level configs/ links here.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Each shipped config's file by its name (the file name without .yaml), in name order."""
+    return {p.stem: p for p in sorted(SHIPPED_CONFIGS.glob("*.yaml"))}
+
+
+def shipped_config(name: str) -> Path:
+    """The file of the shipped config `name`.
+
+    Raises:
+        ConfigError: no shipped config has that name (the message lists those there are).
+    """
+    shipped = shipped_configs()
+    if name not in shipped:
+        raise ConfigError(f"config {name!r}: no such file, nor a shipped config ({', '.join(shipped)})")
+    return shipped[name]
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config by path, or a shipped one by name: ``small`` is spinn/configs/small.yaml.
+
+    An existing file wins; any other bare name (no folder, no suffix) is looked up among the shipped
+    configs; the rest is returned as a path, for the reader to report if it is missing.
+
+    Raises:
+        ConfigError: a bare name that is neither a file nor a shipped config.
+    """
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix or len(path.parts) != 1:
+        return path
+    return shipped_config(path.name)
+
+
 @dataclass
 class DataConfig:
     """Where the data files are, and how to read them.
@@ -234,13 +270,15 @@ _Loader.add_implicit_resolver(
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (None: all defaults), apply ``key=value`` overrides, check every value.
 
+    `path` is a file, or the name of a shipped config (see `find_config`).
+
     Raises:
         ConfigError: a missing or malformed file, an unknown key, a wrong type or an impossible value.
     """
     if path is None:
         cfg = Config()
     else:
-        path = Path(path)
+        path = find_config(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -431,3 +431,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return cli.run(build_parser(), run_evaluate, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

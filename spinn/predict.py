@@ -285,3 +285,7 @@ def _write(records: Iterator[dict[str, Any]], f: TextIO) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return cli.run(build_parser(), run_predict, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -801,7 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train SPINN on NLI.",
         epilog="example: python scripts/train.py --config configs/small.yaml --set optim.lr=1e-3",
     )
-    parser.add_argument("--config", help="YAML config (see configs/); optional with --resume")
+    parser.add_argument(
+        "--config",
+        help="a YAML file, or a shipped config's name (spinn configs lists them); optional with --resume",
+    )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     parser.add_argument(
         "--set",
@@ -923,3 +926,7 @@ def main(argv: list[str] | None = None) -> int:
             return cli.run(build_parser(), run_train, argv)
         finally:
             distributed.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -288,3 +289,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return cli.run(build_parser(), run_download, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
