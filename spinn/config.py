@@ -108,7 +108,8 @@ class DataConfig:
     skip_invalid: bool = False
     #: Use only the first N labelled pairs of each split (smoke tests); null: all of them.
     limit: int | None = None
-    #: Where preprocessed-dataset caches go; null: next to each data file (skipped where read-only).
+    #: Where the parsed splits and GloVe rows are cached; null: $SPINN_CACHE_DIR, else
+    #: $XDG_CACHE_HOME/spinn, else ~/.cache/spinn (never beside the data; skipped where not writable).
     cache_dir: str | None = None
     #: The most words a sentence may have; null: no limit.
     max_length: int | None = None

@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,3 +15,12 @@ def data_dir() -> Path:
     if not (DATA_DIR / "snli_1.0" / "snli_1.0_dev.jsonl").exists():
         pytest.skip(f"real data not found at {DATA_DIR} (set SPINN_TEST_DATA)")
     return DATA_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """Data caches of a test run go to a folder of its own (subprocesses inherit it), never the user's."""
+    folder = tmp_path_factory.mktemp("spinn-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPINN_CACHE_DIR", str(folder))
+        yield folder

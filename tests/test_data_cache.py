@@ -5,9 +5,13 @@ import pytest
 import torch
 
 import spinn.data.cache as cache
+from spinn.config import DataConfig
 from spinn.data.cache import NLITable, load_nli
+from spinn.data.glove import load_glove
 from spinn.data.snli import read_nli
+from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
+from spinn.evaluate import read_table
 
 ROWS = [
     {
@@ -56,7 +60,8 @@ def test_table_columns_match_the_examples(source):
 def test_second_load_comes_from_the_cache(source, tmp_path, monkeypatch):
     first = load_nli(source, cache_dir=tmp_path / "c", progress=False)
     files = os.listdir(tmp_path / "c")
-    assert files == ["d.jsonl.nli.pt"]
+    assert files == [cache.cache_path(source, "nli", tmp_path / "c").name]
+    assert files[0].startswith("d.jsonl.") and files[0].endswith(".nli.pt")
     # Plain tensors and containers: loadable without unpickling arbitrary objects.
     torch.load(tmp_path / "c" / files[0], weights_only=True)
     _no_reading(monkeypatch)
@@ -65,9 +70,56 @@ def test_second_load_comes_from_the_cache(source, tmp_path, monkeypatch):
     assert torch.equal(second.hypothesis_transitions, first.hypothesis_transitions)
 
 
-def test_default_cache_sits_next_to_the_source(source):
+@pytest.mark.filterwarnings("ignore:.*vocabulary words.*have a vector")
+def test_the_default_cache_goes_to_the_user_cache_folder_never_beside_the_data(source, tmp_path, monkeypatch):
+    monkeypatch.delenv(cache.CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    glove = source.parent / "g.txt"
+    glove.write_text("dog 1 2 3\nruns 4 5 6\n")
+    vocab = Vocab.build([["dog", "runs", "far"]])
+    first = load_glove(glove, vocab, 3, progress=False)
     load_nli(source, progress=False)
-    assert (source.parent / "d.jsonl.nli.pt").is_file()
+    assert sorted(p.name for p in source.parent.iterdir()) == ["d.jsonl", "g.txt"]
+    cached = sorted(p.name for p in (tmp_path / "xdg" / "spinn").iterdir())
+    assert [n.split(".")[0] for n in cached] == ["d", "g"] and all(n.endswith(".pt") for n in cached)
+    _no_reading(monkeypatch)
+    assert len(load_nli(source, progress=False)) == 2
+    assert torch.equal(load_glove(glove, vocab, 3, progress=False, seed=0).vectors, first.vectors)
+
+
+def test_the_cache_folder_is_the_argument_then_spinn_cache_dir_then_xdg_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(cache.CACHE_DIR_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "spinn"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec says to ignore it
+    assert cache.default_cache_dir() == tmp_path / "home" / ".cache" / "spinn"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.default_cache_dir() == tmp_path / "xdg" / "spinn"
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, "")  # empty counts as unset
+    assert cache.default_cache_dir() == tmp_path / "xdg" / "spinn"
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path / "mine"))
+    assert cache.default_cache_dir() == tmp_path / "mine"
+    source = tmp_path / "d.jsonl"
+    assert cache.cache_path(source, "nli", None).parent == tmp_path / "mine"
+    assert cache.cache_path(source, "nli", tmp_path / "arg").parent == tmp_path / "arg"
+    # The config's data.cache_dir is the argument.
+    source.write_text(json.dumps(ROWS[0]) + "\n")
+    read_table(source, DataConfig(cache_dir=str(tmp_path / "cfg")), progress=False)
+    assert [p.parent for p in (tmp_path / "cfg").iterdir()] == [tmp_path / "cfg"]
+    assert not (tmp_path / "mine").exists()
+
+
+def test_files_of_the_same_name_in_two_folders_keep_their_own_caches(source, tmp_path, monkeypatch):
+    other = tmp_path / "other" / "d.jsonl"
+    other.parent.mkdir()
+    other.write_text(json.dumps(ROWS[0]) + "\n")
+    for path in (source, other, source, other):
+        load_nli(path, cache_dir=tmp_path / "c", progress=False)
+    assert len(os.listdir(tmp_path / "c")) == 2
+    _no_reading(monkeypatch)
+    assert load_nli(source, cache_dir=tmp_path / "c", progress=False).pair_ids == ["p1", "p3"]
+    assert load_nli(other, cache_dir=tmp_path / "c", progress=False).pair_ids == ["p1"]
 
 
 def test_options_get_their_own_cache(source, tmp_path):
@@ -84,7 +136,7 @@ def test_a_changed_source_rebuilds_the_cache(source, tmp_path):
 
 
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(source, tmp_path):
-    (tmp_path / "d.jsonl.nli.pt").write_bytes(b"not a torch file")
+    cache.cache_path(source, "nli", tmp_path).write_bytes(b"not a torch file")
     with pytest.warns(UserWarning, match="unreadable cache"):
         assert len(load_nli(source, cache_dir=tmp_path, progress=False)) == 2
     assert len(load_nli(source, cache_dir=tmp_path, progress=False)) == 2
@@ -98,18 +150,32 @@ def test_an_unwritable_cache_folder_only_warns(source, tmp_path):
         assert len(load_nli(source, cache_dir=blocker / "sub", progress=False)) == 2
 
 
-def test_a_read_only_data_folder_gets_no_cache_even_from_root(tmp_path):
-    folder = tmp_path / "shared"
+@pytest.mark.filterwarnings("ignore:.*vocabulary words.*have a vector")
+def test_a_read_only_cache_folder_gets_no_cache_even_from_root(source, tmp_path, monkeypatch):
+    folder = tmp_path / "shared-cache"
     folder.mkdir()
-    source = folder / "d.jsonl"
-    source.write_text(json.dumps(ROWS[0]) + "\n")
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(folder))
+    glove = source.parent / "g.txt"
+    glove.write_text("dog 1 2 3\n")
     folder.chmod(0o555)  # root's writes would succeed: the permission bits are what says no
     try:
-        with pytest.warns(UserWarning, match="shared: read-only folder; continuing without a cache"):
-            assert len(load_nli(source, progress=False)) == 1
-        assert [p.name for p in folder.iterdir()] == ["d.jsonl"]
+        with pytest.warns(UserWarning, match="shared-cache: read-only folder; continuing without a cache"):
+            assert len(load_nli(source, progress=False)) == 2
+        with pytest.warns(UserWarning, match="shared-cache: read-only folder"):
+            assert load_glove(glove, Vocab.build([["dog"]]), 3, progress=False).found == 1
+        assert list(folder.iterdir()) == []
+        assert sorted(p.name for p in source.parent.iterdir()) == ["d.jsonl", "g.txt"]
     finally:
         folder.chmod(0o755)
+
+
+def test_a_cache_folder_that_cannot_be_made_only_warns(source, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(blocker / "spinn"))
+    with pytest.warns(UserWarning, match="cannot write the cache"):
+        assert len(load_nli(source, progress=False)) == 2
+    assert sorted(p.name for p in source.parent.iterdir()) == ["d.jsonl"]
 
 
 def test_a_file_without_gold_rows_caches_an_empty_table(tmp_path):

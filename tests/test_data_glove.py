@@ -142,3 +142,20 @@ def test_missing_file_and_bad_dim(tmp_path):
         load_glove(tmp_path / "none.txt", VOCAB, DIM, progress=False)
     with pytest.raises(SpinnError, match="dim must be >= 1"):
         load_glove(write_glove(tmp_path / "g.txt", ROWS), VOCAB, 0, progress=False)
+
+
+def test_the_vocab_and_glove_usage_snippet_runs(data_dir, tmp_path, monkeypatch):
+    """The usage the docs show for `Vocab` and `load_glove`, on the real GloVe 50d rows."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SPINN_CACHE_DIR")
+    monkeypatch.chdir(tmp_path)
+    sentences = [["a", "dog", "runs"], ["the", "cat", "sleeps"], ["a", "zxqv"]]
+    vocab = Vocab.build(sentences, min_freq=1)  # <pad> = 0, <unk> = 1, then words by frequency
+    assert vocab.encode(["a", "bird"]) == [2, 1]  # unknown words get <unk>'s id
+    result = load_glove(data_dir / "glove" / "glove.6B.50d.subset.txt", vocab, 50, progress=False)
+    embed = torch.nn.Embedding.from_pretrained(result.vectors, freeze=True, padding_idx=0)
+    vocab.save("vocab.json")
+    assert Vocab.load("vocab.json") == vocab
+    assert (result.found, result.total) == (6, 9)  # all but <pad>, <unk> and "zxqv"
+    assert embed(torch.tensor([0])).abs().sum() == 0 and embed.weight.shape == (9, 50)
+    assert [p.parent.name for p in (tmp_path / "xdg" / "spinn").iterdir()] == ["spinn"]

@@ -303,11 +303,11 @@ def test_a_crafted_cache_pickle_is_refused_and_rebuilt(tmp_path):
     marker.unlink()
     for target, load in [
         (
-            tmp_path / "c" / "a.jsonl.nli.pt",
+            cache.cache_path(source, "nli", tmp_path / "c"),
             lambda: len(load_nli(source, cache_dir=tmp_path / "c", progress=False)),
         ),
         (
-            tmp_path / "c" / f"g.txt.3d.{VOCAB.content_hash()[:16]}.pt",
+            cache.cache_path(tmp_path / "g.txt", f"3d.{VOCAB.content_hash()[:16]}", tmp_path / "c"),
             lambda: load_glove(tmp_path / "g.txt", VOCAB, 3, progress=False, cache_dir=tmp_path / "c").found,
         ),
     ]:
@@ -323,7 +323,7 @@ def test_a_crafted_cache_pickle_is_refused_and_rebuilt(tmp_path):
 def test_a_cache_under_the_right_key_without_payload_is_rebuilt(tmp_path):
     source = write_jsonl(tmp_path / "a.jsonl", [row()])
     load_nli(source, cache_dir=tmp_path, progress=False)
-    target = tmp_path / "a.jsonl.nli.pt"
+    target = cache.cache_path(source, "nli", tmp_path)
     obj = torch.load(target, weights_only=True)
     torch.save({"key": obj["key"], "payload": [1, 2]}, target)
     with pytest.warns(UserWarning, match="cache without a payload"):
@@ -379,7 +379,7 @@ def test_processes_building_one_cache_at_once_do_not_corrupt_it(tmp_path):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and "unreadable cache" not in err, err
         assert out.strip() == line
-    assert os.listdir(tmp_path / "c") == ["a.jsonl.nli.pt"]
+    assert os.listdir(tmp_path / "c") == [cache.cache_path(source, "nli", tmp_path / "c").name]
     assert load_nli(source, cache_dir=tmp_path / "c", progress=False).pair_ids == expected.pair_ids
 
 

@@ -9,8 +9,11 @@ temporary file and the last rename wins (the contents are equal). It is read bac
 source changed, or the format did) the cache is stale and is rebuilt in place; a file that cannot be
 read (truncated, corrupt, or not a plain-data pickle) is rebuilt with a warning.
 
-By default a cache file lives next to its source as ``<source name>.<tag>.pt``; ``cache_dir`` puts it
-elsewhere. Where the folder is not writable the data is still returned, with a warning, uncached.
+Where: ``cache_dir`` when given (``data.cache_dir`` in a config), else `default_cache_dir`: the folder
+``$SPINN_CACHE_DIR``, else ``$XDG_CACHE_HOME/spinn``, else ``~/.cache/spinn``; never the data's own
+folder. A cache file is named ``<source name>.<hash of its resolved path>.<tag>.pt``, so that files of
+the same name in different folders keep their own caches. Where the folder is not writable the data is
+still returned, with a warning, uncached.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import multiprocessing
 import os
 import stat
@@ -48,8 +52,26 @@ def source_key(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+#: The environment variable that names the cache folder; it wins over ``XDG_CACHE_HOME``.
+CACHE_DIR_ENV = "SPINN_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """The folder caches go to when no ``cache_dir`` is given: ``$SPINN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/spinn`` (an absolute path, as the XDG base directory spec requires; a relative
+    one is ignored), else ``~/.cache/spinn``. Empty variables count as unset."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "spinn"
+
+
 def cache_path(source: Path, tag: str, cache_dir: str | Path | None) -> Path:
-    return (Path(cache_dir) if cache_dir is not None else source.parent) / f"{source.name}.{tag}.pt"
+    """The cache file of `source` for `tag`, in `cache_dir` or else `default_cache_dir`."""
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    where = hashlib.sha256(str(Path(source).resolve()).encode("utf-8")).hexdigest()[:12]
+    return folder / f"{source.name}.{where}.{tag}.pt"
 
 
 def load_cache(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -239,6 +261,9 @@ def load_nli(
     """`spinn.data.snli.read_nli` into an `NLITable`, cached so that a second call skips parsing.
 
     Args:
+        path: an SNLI/MultiNLI ``.jsonl`` or ``.txt`` file (see `read_nli`).
+        cache_dir: the cache folder; None: `default_cache_dir` (never the data's folder).
+        use_cache: read and write the cache; False: parse the file every time.
         workers: processes that parse an uncompressed ``.jsonl`` of at least 64 MB in parallel, one
             contiguous part each (no progress bar then); other files are read in this process.
         max_length, too_long: the sentence length policy of `spinn.data.snli.read_nli`.

@@ -14,8 +14,9 @@ against the lower-case 6B/42B vectors); one with fewer than `LOW_COVERAGE` of it
 warning with the figure. Words are matched as UTF-8 bytes; a byte-order mark before the first word
 is ignored. A truncated or corrupt ``.gz`` or ``.zip`` is an error naming the file.
 
-The result is cached as ``<source name>.<dim>d.<vocabulary hash>.pt`` next to the source (or in
-``cache_dir``), keyed on the source file's path, size and mtime; see `spinn.data.cache`.
+The result is cached as ``<source name>.<path hash>.<dim>d.<vocabulary hash>.pt`` in ``cache_dir``
+or the per-user cache folder (never beside the source), keyed on the source file's path, size and
+mtime; see `spinn.data.cache`.
 """
 
 from __future__ import annotations
@@ -49,8 +50,15 @@ _FLOAT = re.compile(rb"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf)", re
 
 @dataclass
 class GloveResult:
-    """Embeddings for a vocabulary: ``vectors`` (len(vocab), dim) float32; ``found`` of ``total``
-    vocabulary words had a GloVe vector (``found_mask`` (len(vocab),) bool says which)."""
+    """What `load_glove` returns: embeddings for a vocabulary.
+
+    Attributes:
+        vectors: (len(vocab), dim) float32, row i for word id i: ready for ``nn.Embedding``.
+        found: how many vocabulary words had a GloVe vector.
+        total: len(vocab).
+        found_mask: (len(vocab),) bool, which rows come from the file (the others are random, and
+            ``<pad>``'s is zeros).
+    """
 
     vectors: torch.Tensor
     found: int
@@ -72,18 +80,32 @@ def load_glove(
     seed: int = 0,
     use_cache: bool = True,
 ) -> GloveResult:
-    """Look up every vocabulary word in a GloVe file; see the module docstring for the rules.
+    """An embedding matrix for `vocab` from a GloVe file: the file's vector for each word it has,
+    zeros for ``<pad>``, random vectors for the rest (see the module docstring for the rules).
+
+    Example::
+
+        vocab = Vocab.build([["a", "dog", "runs"], ["the", "cat", "sleeps"]])
+        glove = load_glove("glove.6B.zip", vocab, 300)
+        embed = nn.Embedding.from_pretrained(glove.vectors, freeze=True, padding_idx=0)
 
     Args:
         path: ``glove.*.txt``, ``glove.*.txt.gz`` or an official ``.zip`` (for ``glove.6B.zip``, which
             holds four files, the member ending in ``.<dim>d.txt`` is used).
         vocab: the words to look up (exact match: lower-case the data for the lower-case 6B and 42B).
         dim: the vector size the file must have.
-        cache_dir: where to cache the result; next to the source when None.
+        cache_dir: where to cache the result; None: `spinn.data.cache.default_cache_dir`
+            (``$SPINN_CACHE_DIR``, else ``$XDG_CACHE_HOME/spinn``, else ``~/.cache/spinn``).
+        progress: show a progress bar while the file is scanned.
         seed: seeds the initialisation of words not found.
+        use_cache: read and write the cache; False: scan the file every time.
+
+    Returns:
+        `GloveResult`: ``vectors`` (len(vocab), dim) float32, and how many words were ``found``.
 
     Warns:
-        UserWarning: fewer than `LOW_COVERAGE` of the vocabulary words were found.
+        UserWarning: fewer than `LOW_COVERAGE` of the vocabulary words were found; or the cache
+            folder cannot be written (the result is returned uncached).
 
     Raises:
         SpinnError: a missing, truncated or corrupt file, a zip without a matching member, a line whose

@@ -20,8 +20,24 @@ UNK_ID = 1
 class Vocab:
     """A bijection between words and ids; unknown words map to ``<unk>``.
 
-    Words are ordered by descending frequency, ties broken alphabetically, so the same corpus always
-    gives the same ids.
+    Id 0 is ``<pad>`` (what `spinn.pad_sentences` pads with), id 1 is ``<unk>``; `build` and
+    `from_counts` order the other words by descending frequency, ties broken alphabetically, so the same
+    corpus always gives the same ids. Words are matched exactly (lower-case them yourself if needed).
+
+    Example::
+
+        vocab = Vocab.build([["A", "dog", "runs"], ["A", "cat"]])  # <pad> <unk> A cat dog runs
+        vocab.encode(["A", "bird"])                                 # [2, 1]: "bird" is <unk>
+        vocab.save("vocab.json"); Vocab.load("vocab.json") == vocab  # True
+
+    Args:
+        itos: every word in id order, starting with ``<pad>`` and ``<unk>``.
+
+    Attributes:
+        itos: the words by id (a list); stoi: word -> id (a dict).
+
+    Raises:
+        SpinnError: ``itos`` does not start with ``<pad>``, ``<unk>``, or lists a word twice.
     """
 
     def __init__(self, itos: Iterable[str]) -> None:
@@ -38,12 +54,24 @@ class Vocab:
 
     @classmethod
     def build(cls, token_lists: Iterable[list[str]], min_freq: int = 1) -> Vocab:
-        """Count the words of `token_lists` and keep those seen at least `min_freq` times."""
+        """Count the words of `token_lists` and keep those seen at least `min_freq` times.
+
+        Args:
+            token_lists: sentences as lists of words.
+            min_freq: the fewest occurrences a word needs to get an id (rarer words become ``<unk>``).
+
+        Raises:
+            SpinnError: ``min_freq`` below 1.
+        """
         return cls.from_counts(Counter(chain.from_iterable(token_lists)), min_freq)
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, int], min_freq: int = 1) -> Vocab:
-        """Like `build`, from word counts already made (e.g. `spinn.data.cache.NLITable.counts()`)."""
+        """Like `build`, from word counts already made (e.g. `spinn.data.cache.NLITable.counts()`).
+
+        Raises:
+            SpinnError: ``min_freq`` below 1.
+        """
         if min_freq < 1:
             raise SpinnError(f"min_freq must be >= 1, found {min_freq}")
         kept = [w for w, c in counts.items() if c >= min_freq and w not in (PAD, UNK)]
@@ -54,15 +82,18 @@ class Vocab:
         return len(self.itos)
 
     def __getitem__(self, token: str) -> int:
+        """The id of `token`, or ``<unk>``'s (1) for a word not in the vocabulary."""
         return self.stoi.get(token, UNK_ID)
 
     def __contains__(self, token: str) -> bool:
+        """Whether `token` has an id of its own."""
         return token in self.stoi
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.itos == other.itos
 
     def encode(self, tokens: Iterable[str]) -> list[int]:
+        """The ids of `tokens`; unknown words get ``<unk>``'s id (1)."""
         get = self.stoi.get
         return [get(t, UNK_ID) for t in tokens]
 
@@ -71,6 +102,7 @@ class Vocab:
         return hashlib.sha256("\n".join(self.itos).encode("utf-8")).hexdigest()
 
     def to_dict(self) -> dict:
+        """``{"itos": [...]}``: what `save` writes and checkpoints store."""
         return {"itos": list(self.itos)}
 
     @classmethod
@@ -82,6 +114,7 @@ class Vocab:
         return cls(itos)
 
     def save(self, path: str | Path) -> None:
+        """Write the vocabulary as UTF-8 JSON (`to_dict`); `load` reads it back."""
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
