@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
 
-from spinn import evaluate, predict, train
+from spinn.__main__ import COMMANDS
 from spinn.config import load_config
-from spinn.data import download
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted([README, *ROOT.glob("*/README.md"), *ROOT.glob("docs/*.md")])
 MAX_README_LINES = 250
 
-#: The command-line entry points by name, each with its argument parser.
-PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
-    "train": train.build_parser,
-    "evaluate": evaluate.build_parser,
-    "predict": predict.build_parser,
-    "download": download.build_parser,
-}
 #: Repository paths a document names: folders ending in / and files with a suffix.
 PATH = re.compile(
     r"(?<![\w./-])((?:configs|scripts|docs|benchmarks|examples|tests|spinn|requirements|\.ci)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)"
@@ -62,8 +55,12 @@ def commands(doc: Path) -> Iterator[Command]:
 
 
 def entry_point(words: list[str]) -> tuple[str, list[str]] | None:
-    """(command name, its arguments) for `python scripts/NAME.py ...` and the same under torchrun;
-    None for other commands."""
+    """(command name, its arguments) for `spinn NAME ...`, `python -m spinn NAME ...` and
+    `python scripts/NAME.py ...` (also under torchrun); None for other commands."""
+    if words[0] == "spinn" and len(words) > 1:
+        return words[1], words[2:]
+    if words[:3] == ["python", "-m", "spinn"] and len(words) > 3:
+        return words[3], words[4:]
     if words[0] not in ("python", "torchrun"):
         return None
     for i, word in enumerate(words):
@@ -93,20 +90,20 @@ def documented_commands() -> list[Command]:
 
 @pytest.mark.parametrize("cmd", documented_commands(), ids=lambda c: f"{c.doc.name}:{c.line}")
 def test_every_documented_command_parses_and_its_config_loads(cmd: Command) -> None:
-    """Each `python scripts/*.py` command of the docs has only options its parser knows, and a train
-    command's config with its --set overrides loads (known keys, right types)."""
+    """Each `spinn` or `python scripts/*.py` command of the docs has only options its parser knows,
+    and a train command's config with its --set overrides loads (known keys, right types)."""
     name, argv = entry_point(cmd.words)
     where = f"{cmd.doc.relative_to(ROOT)}:{cmd.line}: {shlex.join(cmd.words)}"
-    assert name in PARSERS, f"{where}: no entry point named {name!r}"
-    parser = PARSERS[name]()
+    assert name in COMMANDS, f"{where}: no command named {name!r}"
+    parser = importlib.import_module(COMMANDS[name]).build_parser()
     parser.add_argument("--debug", action="store_true")
     parser.exit_on_error = False
     try:
         args = parser.parse_args(argv)
     except (argparse.ArgumentError, SystemExit) as err:
         pytest.fail(f"{where}: {err}")
-    if name == "train" and args.config is not None:
-        load_config(ROOT / args.config, args.set)
+    if name == "train" and args.config is not None:  # a path from the repository's root, or a shipped name
+        load_config(ROOT / args.config if (ROOT / args.config).is_file() else args.config, args.set)
 
 
 def test_the_documented_commands_are_found() -> None:
