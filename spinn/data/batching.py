@@ -15,7 +15,7 @@ import itertools
 import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,10 +25,8 @@ from spinn.data.cache import NLITable
 from spinn.data.snli import NLIExample
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
+from spinn.schedule import Schedule, build_schedule
 from spinn.transitions import PAD
-
-if TYPE_CHECKING:
-    from spinn.model.schedule import Schedule
 
 
 @dataclass
@@ -186,9 +184,6 @@ def collate_nli(items: Sequence[NLIItem], *, schedule: bool = False) -> NLIBatch
         pair_ids=[it.pair_id for it in items],
     )
     if schedule:
-        # Imported here: spinn.model imports this module (its classifier takes an NLIBatch).
-        from spinn.model.schedule import build_schedule
-
         pairs = pair_sentences(batch)
         batch.schedule = build_schedule(pairs.transitions, pairs.lengths)
     return batch

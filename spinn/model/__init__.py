@@ -4,8 +4,8 @@ from spinn.model.cells import Reduce, Tracker
 from spinn.model.classifier import VARIANTS, ClassifierOutput, NLIClassifier
 from spinn.model.compositions import COMPOSITIONS, TanhReduce, TreeGRU
 from spinn.model.leaves import LEAVES, Projection, SequentialLeaves
-from spinn.model.schedule import Schedule, build_schedule
 from spinn.model.spinn import SPINN, SPINNOutput, transition_loss
+from spinn.schedule import Schedule, build_schedule
 
 __all__ = [
     "COMPOSITIONS",

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from spinn.errors import SpinnError
-from spinn.model.schedule import Schedule, real_words
 from spinn.model.spinn import SPINNOutput
+from spinn.schedule import Schedule, real_words
 
 #: The sentence encoders `NLIClassifier` can use.
 ENCODERS = ("spinn", "cbow", "lstm")

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from spinn.data.batching import NLIBatch, pair_sentences
 from spinn.errors import SpinnError
 from spinn.model.baselines import CBOW, ENCODERS, LSTMEncoder
-from spinn.model.schedule import Schedule, real_words
 from spinn.model.spinn import SPINN, SPINNOutput, transition_loss
+from spinn.schedule import Schedule, real_words
 
 #: SPINN-PI-NT (no Tracker), SPINN-PI (Tracker, parsed transitions), full SPINN (Tracker parses).
 VARIANTS = ("spinn_pi_nt", "spinn_pi", "spinn")

@@ -6,7 +6,7 @@ Two paths compute the same model:
   Tracker and the composition as modules, autograd doing the backward. It runs whenever the cells are
   not the stock ones (another class, a subclass, hooks) or ``use_engine`` is False, and for a full
   SPINN following its own predictions while gradients are recorded;
-* **the engine** (`spinn.model.fused`), for the stock cells: with given transitions every node id is
+* **the engine** (`spinn.model.engine`), for the stock cells: with given transitions every node id is
   known in advance (`build_schedule`, which a collate function can run), and the whole loop is one
   autograd Function with a hand-written backward over node stores written in place; without a
   Tracker the nodes of one tree level are composed in one call. A full SPINN following its own
@@ -22,29 +22,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinn.errors import SpinnError
-from spinn.model.cells import Kernels, Reduce, ReduceGates, Tracker, TrackerGates, split_gates
+from spinn.model.cells import Reduce, Tracker
 from spinn.model.compositions import make_composition
-from spinn.model.fused import _batch_tables, _needs_grad, _scratch, encode_given
+from spinn.model.engine import StockWeights, encode_given, follow_predictions, needs_grad
 from spinn.model.leaves import make_leaf
 from spinn.model.reference import Cells, best_allowed, run_machine
-from spinn.model.schedule import (
-    Schedule,
-    _longest_first,
-    _running,
-    _StackPointers,
-    as_long_tensor,
-    build_schedule,
-    real_words,
-    store_rows,
-)
+from spinn.schedule import Schedule, as_long_tensor, build_schedule, real_words
 from spinn.transitions import PAD, REDUCE, SHIFT
 
 logger = logging.getLogger("spinn.model")
@@ -171,14 +160,8 @@ class SPINN(nn.Module):
         if follow:
             schedule = None
             leaf_rows = real_words(_checked_lengths(lengths, n_words), n_words)[0]
-        elif transitions is None:
-            raise SpinnError("transitions is None: only a full SPINN following its predictions can parse")
         else:
-            if schedule is None:
-                schedule = build_schedule(transitions, lengths).to(words.device)
-            else:
-                schedule.check_fits(batch, n_words)
-                schedule.check_matches(transitions, lengths)
+            schedule = _given_schedule(schedule, transitions, lengths, batch, n_words, words.device)
             leaf_rows = schedule.leaf_rows
         # Only the real words are projected: padding is about a quarter of a bucketed NLI batch, whose
         # hypotheses are shorter than its premises.
@@ -189,6 +172,12 @@ class SPINN(nn.Module):
             return self._run_reference(leaves, transitions, lengths, n_words, follow)
         if follow:
             return self._follow_predictions(leaves, transitions, lengths, n_words)
+        return self._run_engine(leaves, transitions, lengths, schedule)
+
+    def _run_engine(
+        self, leaves: Tensor, transitions: Tensor, lengths: Tensor, schedule: Schedule
+    ) -> SPINNOutput:
+        """The stock cells over given transitions, on the engine."""
         h, tracker_h = encode_given(
             leaves,
             self.reduce.gates.weight,
@@ -227,7 +216,7 @@ class SPINN(nn.Module):
         if self.tracker is not None:
             stock += [("tracker", Tracker), ("tracker.gates", nn.Linear)]
         if follow:
-            if _needs_grad(leaves, *self.parameters()):
+            if needs_grad(leaves, *self.parameters()):
                 return "a full SPINN following its own predictions with gradients"
             stock += [("transition_head", nn.Linear)]
         for name, cls in stock:
@@ -290,125 +279,35 @@ class SPINN(nn.Module):
     def _follow_predictions(
         self, leaves: Tensor, transitions: Tensor | None, lengths: Tensor, n_words: int
     ) -> SPINNOutput:
-        """A full SPINN following its own predictions on the engine (no gradient needed): the best
-        valid predicted transition drives each step."""
-        logits, actions, h = self._follow_predictions_no_grad(leaves.detach(), lengths, n_words)
+        """A full SPINN following its own predictions on the engine (no gradient needed)."""
+        weights = StockWeights(
+            self.tracker.gates.weight,
+            self.tracker.gates.bias,
+            self.reduce.gates.weight,
+            self.reduce.gates.bias,
+            self.transition_head.weight,
+            self.transition_head.bias,
+        )
+        logits, actions, h = follow_predictions(leaves.detach(), lengths, n_words, weights)
         return self._with_transitions(h, logits, transitions, lengths, actions)
 
-    def _follow_predictions_no_grad(
-        self, leaves: Tensor, lengths: Tensor, n_words: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, 2) logits, (B, T) transitions and (B, D) root h of `spinn.model.reference.run_machine`
-        following the predictions, computed outside autograd as in `spinn.model.fused`: h and c in
-        separate stores written in place, one step's rows of the buffers kept between calls, the
-        buffer top's share of the Tracker's gates for every real word in one matmul before the loop, the
-        cells of `spinn.model.fused._Cells`, and the Tracker only on the sentences not yet finished:
-        sorted longest first, those are a prefix of the batch (the leaf rows of the stores follow that
-        order). ``leaves`` (W, 2 D) are the real words' [h; c], sentence after sentence."""
-        d, dt = self.d_hidden, self.tracker.d_tracker
-        batch = len(lengths)
-        n_steps = 2 * n_words - 1
-        device = leaves.device
-        lengths = lengths.to(device)
-        order, rank = _longest_first(lengths)
-        # The host read outside the loop: how many sentences still run at each step (non-increasing;
-        # the steps past the longest sentence are dropped).
-        active = [k for k in _running(lengths, n_steps).tolist() if k]
-        # Word i of sentence b is node 1 + rank[b] N + i: the stores' leaf rows follow the longest-first
-        # order.
-        leaf_rows = real_words(lengths, n_words)[0]
-        leaf_ids = 1 + rank.index_select(0, leaf_rows // n_words) * n_words + leaf_rows % n_words
-        # Row 1 + j of buffer_gates is for the j-th real word; buffer_row maps a leaf's node id to it.
-        buffer_row = leaves.new_zeros(1 + batch * n_words, dtype=torch.long)
-        buffer_row[leaf_ids] = torch.arange(1, 1 + len(leaf_ids), device=device)
-        dtype = leaves.dtype  # bf16 under autocast: one dtype throughout, as in `encode_given`
-        w_t, b_t, w_r, b_r, w_p, b_p = (
-            p.detach().to(dtype)
-            for p in (
-                *self.tracker.gates.parameters(),
-                *self.reduce.gates.parameters(),
-                *self.transition_head.parameters(),
-            )
-        )
-        with torch.autocast(leaves.device.type, enabled=False):
-            cells = Kernels(w_r, b_r, w_t, b_t)
-            # The batch's tables from the kept workspace, as in `encode_given` without a gradient.
-            tables = _batch_tables(cells, leaves, leaf_ids, store_rows(batch, n_words), fresh=False)
-            h_store, c_store, buffer_gates = (tables[k] for k in ("h_store", "c_store", "buffer_gates"))
-            # One step's rows of the loop's buffers, and their views for each row count, kept between
-            # calls (`spinn.model.fused._Scratch`): slicing costs about a microsecond a view, as much
-            # as some of the kernels. h0, c0 and h1, c1: the Tracker's state before a step and after it
-            # (parities alternate); the state before the first step is zero.
-            pool = _scratch.pool(("parse", d, dt, dtype, device), batch)
-            widths = dict(h0=dt, c0=dt, h1=dt, c1=dt, x_t=2 * d, z_t=4 * dt, tanh_t=dt)
-            widths |= dict(x_r=2 * d, z_r=5 * d, c_r=d, h_r=d, e_r=dt, tanh_r=d)
-            buf = SimpleNamespace(**{name: pool.tensor(name, leaves, n) for name, n in widths.items()})
-            buf.cc_r = pool.tensor("cc_r", leaves, 2, d)  # the children's c
-            buf.h0[:batch] = 0
-            buf.c0[:batch] = 0
 
-            def tracker_rows(k: int, parity: int) -> SimpleNamespace:
-                def make() -> SimpleNamespace:
-                    h, c = (buf.h0, buf.c0) if parity == 0 else (buf.h1, buf.c1)
-                    x, z = buf.x_t[:k], buf.z_t[:k]
-                    return SimpleNamespace(
-                        x=x, stack=x.view(2 * k, d), z=z, gates=split_gates(z, TrackerGates), h=h[:k],
-                        c=c[:k], tanh_c=buf.tanh_t[:k],
-                    )  # fmt: skip
-
-                return pool.cached(("tracker", k, parity), make)
-
-            def reduce_rows(m: int) -> SimpleNamespace:
-                def make() -> SimpleNamespace:
-                    x, z, cc = buf.x_r[:m], buf.z_r[:m], buf.cc_r[:m]
-                    return SimpleNamespace(
-                        x=x, children_h=x.view(2 * m, d), z=z, gates=split_gates(z, ReduceGates),
-                        tracking=buf.e_r[:m], children_c=cc.view(2 * m, d), c_left=cc[:, 0], c_right=cc[:, 1],
-                        c=buf.c_r[:m], h=buf.h_r[:m], tanh_c=buf.tanh_r[:m],
-                    )  # fmt: skip
-
-                return pool.cached(("reduce", m), make)
-
-            logits = b_p.expand(n_steps, batch, 2).clone()  # a zero state's scores past the last step
-            step_logits = logits.unbind(0)
-            actions = np.full((n_steps, batch), int(PAD))
-            pointers = _StackPointers(lengths[order].cpu().numpy(), n_words)
-            buffer_row = buffer_row.cpu().numpy()
-            for t, k in enumerate(active):
-                tr, new = tracker_rows(k, t % 2), tracker_rows(k, 1 - t % 2)
-                ids = pointers.tracker_ids()[:k]  # buffer top, stack top, second
-                # The Tracker's indices in one host-to-device copy: the buffer tops' rows of
-                # buffer_gates, then the stack tops' ids.
-                reads = np.concatenate((buffer_row[ids[:, 0]], ids[:, 1:].reshape(-1)))
-                buffer_top, stack = torch.from_numpy(reads).to(device).split_with_sizes((k, 2 * k))
-                torch.index_select(buffer_gates, 0, buffer_top, out=tr.z)
-                torch.index_select(h_store, 0, stack, out=tr.stack)
-                tr.z.addmm_(tr.x, cells.tracker_stack).addmm_(tr.h, cells.tracker_hidden)
-                cells.tracker(tr.z, tr.gates, tr.c, new.c, new.h, tr.tanh_c)
-                scores = torch.addmm(b_p, new.h, w_p.t(), out=step_logits[t][:k])
-                # The step's one host read: the scores, to pick the transitions and the REDUCEs.
-                can = (pointers.can_shift()[:k], pointers.can_reduce()[:k])
-                action = actions[t, :k] = best_allowed(scores.float().cpu().numpy(), *can)
-                target = pointers.advance(actions[t])
-                reducing = np.flatnonzero(action == int(REDUCE))
-                m = len(reducing)
-                if not m:
-                    continue
-                # The children as [left; right] (the second item, then the stack top), the REDUCEs'
-                # rows and the rows their results go to.
-                rows = np.concatenate((ids[reducing][:, [2, 1]].reshape(-1), reducing, target[reducing]))
-                children, reducers, out = torch.from_numpy(rows).to(device).split_with_sizes((2 * m, m, m))
-                r = reduce_rows(m)
-                torch.index_select(h_store, 0, children, out=r.children_h)
-                torch.addmm(cells.reduce_bias, r.x, cells.reduce_children, out=r.z)
-                r.z.addmm_(torch.index_select(new.h, 0, reducers, out=r.tracking), cells.reduce_tracker)
-                torch.index_select(c_store, 0, children, out=r.children_c)
-                cells.reduce(r.z, r.gates, r.c_left, r.c_right, r.c, r.h, r.tanh_c)
-                c_store.index_copy_(0, out, r.c)
-                h_store.index_copy_(0, out, r.h)
-            h = h_store.index_select(0, torch.from_numpy(pointers.root()).to(device).index_select(0, rank))
-        actions = torch.from_numpy(actions).to(device)
-        return logits.transpose(0, 1).index_select(0, rank), actions.t().index_select(0, rank), h
+def _given_schedule(
+    schedule: Schedule | None,
+    transitions: Tensor | None,
+    lengths: Tensor,
+    batch: int,
+    n_words: int,
+    device: torch.device,
+) -> Schedule:
+    """The schedule of the given transitions: ``schedule`` checked against them, or built."""
+    if transitions is None:
+        raise SpinnError("transitions is None: only a full SPINN following its predictions can parse")
+    if schedule is None:
+        return build_schedule(transitions, lengths).to(device)
+    schedule.check_fits(batch, n_words)
+    schedule.check_matches(transitions, lengths)
+    return schedule
 
 
 def _checked_lengths(lengths: Tensor, n_words: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""The fused loop's bookkeeping: padding words are never projected or read, and the scratch memory the
+"""The engine's bookkeeping: padding words are never projected or read, and the scratch memory the
 backward keeps between calls never leaks into a gradient it returned."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import torch
 from test_model_spinn import VARIANTS, make_model, random_batch
 
 from spinn.model import build_schedule
+from spinn.model.engine.memory import scratch, workspace
 
 
 def _grads(model, words, transitions, lengths) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -69,11 +70,9 @@ def test_the_schedule_lists_only_real_words():
 )
 def test_buffers_kept_between_batches_change_no_result(variant, follow_predictions):
     """Evaluation reuses one step's rows of its buffers, and their views, from batch to batch
-    (`_Scratch`), and takes the batch's tables (node stores, Tracker states) from the kept workspace:
+    (`Scratch`), and takes the batch's tables (node stores, Tracker states) from the kept workspace:
     a batch gives the same result after a larger one made them grow, a larger one the same as from
     nothing kept, and what a batch returned is not overwritten by the next."""
-    from spinn.model.fused import _scratch, _workspace
-
     model = make_model(variant).eval()
 
     def encode(lengths, seed):
@@ -88,8 +87,8 @@ def test_buffers_kept_between_batches_change_no_result(variant, follow_predictio
     encode(small[0], 2)  # the same shapes: the same kept memory
     after_large = encode(*large)
     again = encode(*small)
-    _scratch.pools.clear()
-    _workspace.buffer = None
+    scratch.pools.clear()
+    workspace.buffer = None
     fresh_large = encode(*large)
     for a, b in ((first, first_copy), (first, again), (after_large, fresh_large)):
         for x, y in zip(a, b, strict=True):

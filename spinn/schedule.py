@@ -1,14 +1,14 @@
 """Stack pointers and the per-batch schedule of a SPINN forward pass.
 
 The batched stack never moves vectors around. Every node of every tree in a batch of B sentences of
-at most N words owns one row of a node store (see `spinn.model.spinn`):
+at most N words owns one row of a node store (see `spinn.model.engine`):
 
 * row 0 is all zeros and stands for an empty stack or buffer slot;
 * rows ``1 + b * N + i`` are the leaves (word i of sentence b);
 * rows ``1 + B * N + b * (N - 1) + j`` are the internal nodes (the j-th REDUCE of sentence b);
 * the last row is scratch space that absorbs writes nobody reads.
 
-A stack is then a row of node ids, ``_StackPointers.ids`` (B, N + 3): slots 0 and 1 always hold 0 so
+A stack is then a row of node ids, ``StackPointers.ids`` (B, N + 3): slots 0 and 1 always hold 0 so
 that the top two items of a short stack read as zeros, and the k-th item from the bottom sits in slot
 k + 2. SHIFT writes a leaf id above the top; REDUCE writes a new internal node id over the second item.
 
@@ -39,7 +39,7 @@ def store_rows(batch_size: int, n_words: int) -> int:
     return 1 + batch_size * n_words + batch_size * (n_words - 1) + 1
 
 
-class _StackPointers:
+class StackPointers:
     """The node ids on each sentence's stack, its depth and its buffer position, advanced in batch.
 
     Kept on the host as numpy arrays of B entries: a few numpy calls per step cost less than the same
@@ -112,8 +112,8 @@ class Schedule:
             ``tracker_active[t]`` of them in ``tracker_order``, after step t - 1's (P = sum of
             ``tracker_active``).
         tracker_stack: (2 P,) the ids of the stack top and the item below it, packed the same way.
-        tracker_prev: (P,) the row of the packed Tracker state (see `spinn.model.fused`) that each
-            packed step row starts from: rows 0..B-1 are the zero initial state, row B + p holds the
+        tracker_prev: (P,) the row of the packed Tracker state (`spinn.model.engine.memory.TrackerRows`)
+            that each packed step row starts from: rows 0..B-1 are the zero initial state, row B + p holds the
             state after packed row p.
         tracker_out: (P,) t B + b for the packed row of sentence b at step t: where it goes in the
             (T, B) output.
@@ -220,7 +220,7 @@ def build_schedule(transitions: Tensor | Sequence, lengths: Tensor | Sequence[in
     batch, steps = transitions.shape
     n_words = (steps + 1) // 2
     _check_padding(transitions, lengths, n_words)
-    pointers = _StackPointers(lengths.numpy(), n_words)
+    pointers = StackPointers(lengths.numpy(), n_words)
     level = np.zeros(store_rows(batch, n_words), dtype=np.int64)
     tracker_ids, step_batch, lefts, rights, outs = [], [], [], [], []
     for t, action in enumerate(transitions.numpy().T):
@@ -250,9 +250,9 @@ def build_schedule(transitions: Tensor | Sequence, lengths: Tensor | Sequence[in
     level_offsets = [0, *level_counts.cumsum(0).tolist()]
     level_children = step_children.view(-1, 2)[by_level].reshape(-1)
     tracker_ids = torch.from_numpy(np.stack(tracker_ids))  # (T, B, 3)
-    order, rank = _longest_first(lengths)
+    order, rank = longest_first(lengths)
     # Packed Tracker rows: step t's running sentences are the first active[t] of tracker_order.
-    active = _running(lengths, steps)
+    active = running_counts(lengths, steps)
     running = torch.arange(batch)[None, :] < active[:, None]  # (T, B) in tracker_order
     starts = active.cumsum(0) - active  # first packed row of each step
     prev_start = torch.cat((starts.new_zeros(1), batch + starts[:-1]))
@@ -296,7 +296,7 @@ def _check_same(name: str, built_from: Tensor, given: Tensor) -> None:
         )
 
 
-def _longest_first(lengths: Tensor) -> tuple[Tensor, Tensor]:
+def longest_first(lengths: Tensor) -> tuple[Tensor, Tensor]:
     """(order, rank): the sentences from the longest to the shortest (stable), and each sentence's
     position in that order. The Tracker runs in this order, so the sentences still running at a step
     are a prefix of the batch."""
@@ -306,7 +306,7 @@ def _longest_first(lengths: Tensor) -> tuple[Tensor, Tensor]:
     return order, rank
 
 
-def _running(lengths: Tensor, steps: int) -> Tensor:
+def running_counts(lengths: Tensor, steps: int) -> Tensor:
     """(T,) how many sentences have a real (non-PAD) transition at each of ``steps`` steps."""
     return (2 * lengths - 1 > torch.arange(steps, device=lengths.device)[:, None]).sum(1)
 
