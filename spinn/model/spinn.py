@@ -72,9 +72,15 @@ class SPINN(nn.Module):
 
     Args:
         d_input: size of the word vectors.
-        d_hidden: size of each node's h and c; leaves are a learned projection of the word vectors.
+        d_hidden: size of each node's h (and c, for a TreeLSTM).
         d_tracker: size of the Tracker LSTM, or None for no Tracker.
         predict_transitions: score transitions with a linear layer on the Tracker's state.
+        composition: how REDUCE combines two children: "treelstm" (the stock `Reduce`, the default),
+            "treegru" or "tanh" (`spinn.model.COMPOSITIONS`), or a module of your own called as
+            ``reduce(left, right, tracking)`` with a ``d_state`` attribute (`spinn.model.compositions`).
+        leaf: what SHIFT puts on the stack: "projection" of each word (the default), "lstm", "gru" or
+            "bilstm" over the sentence (`spinn.model.LEAVES`), or a module called as
+            ``leaf(words, lengths)`` (`spinn.model.leaves`).
 
     Attributes:
         leaf, tracker, reduce, transition_head: the modules, which may be replaced (or subclassed) by
@@ -84,7 +90,8 @@ class SPINN(nn.Module):
         last_path: "engine" or "reference", the path the last call took (None before the first).
 
     Raises:
-        SpinnError: predict_transitions without a Tracker, or a size below 1.
+        SpinnError: predict_transitions without a Tracker, a size below 1, an unknown composition or
+            leaf, or a composition module without ``d_state``.
     """
 
     def __init__(
