@@ -25,7 +25,6 @@ file crafted to run code when unpickled is refused instead of executed.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import zipfile
@@ -36,9 +35,9 @@ import numpy as np
 import torch
 
 from spinn.errors import SpinnError
+from spinn.io import WriteError, atomic_write
 
 FORMAT_VERSION = 1
-_TMP_SUFFIX = ".tmp"
 #: The keys every checkpoint has; training checkpoints add optimizer, scheduler and sampler.
 REQUIRED_KEYS = ("format_version", "config", "vocab", "model", "step")
 
@@ -48,34 +47,18 @@ class CheckpointError(SpinnError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` (plus ``format_version`` and ``torch_version``) to `path` atomically.
+    """Write `state` (plus ``format_version`` and ``torch_version``) to `path` atomically
+    (`spinn.io.atomic_write`): a crash at any moment leaves either the old checkpoint or the new one, whole.
 
-    The data goes to a temporary file in the same folder, is flushed to disk, and is then renamed
-    over `path`, so a crash at any moment leaves either the old checkpoint or the new one, whole.
+    Raises:
+        CheckpointError: the file cannot be written (a full disk); the previous one is intact.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
     payload = {"format_version": FORMAT_VERSION, "torch_version": str(torch.__version__), **state}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path, binary=True, what="the checkpoint") as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CheckpointError(
-            f"{path}: cannot write the checkpoint ({err.strerror or err}); the previous {path.name}, if any, "
-            f"is intact"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete the temporary files of checkpoint writes cut short by a crash (the checkpoints are whole)."""
-    for tmp in Path(folder).glob(f".*.pt.*{_TMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
+    except WriteError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:

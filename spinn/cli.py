@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -17,6 +21,8 @@ from spinn.errors import SpinnError
 EXIT_USER_ERROR = 2
 #: Exit status after Ctrl-C, as a shell reports a process killed by SIGINT.
 EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM, as a shell reports a process killed by it.
+EXIT_TERMINATED = 143
 #: Exit status when stdout's reader closed the pipe, as a shell reports a process killed by SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -34,7 +40,8 @@ def run(
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
-        return command(args)
+        with terminate_as_exception():
+            return command(args)
     except SpinnError as err:
         if args.debug:
             raise
@@ -45,11 +52,43 @@ def run(
             raise
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        if args.debug:
+            raise
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # The reader of the output went away (`... | head`): stop quietly, and keep Python's exit
         # flush from failing on the same pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+class Terminated(BaseException):  # noqa: N818 (named as KeyboardInterrupt is)
+    """SIGTERM, raised where the process is, so that cleanups run (a half-written file is removed)."""
+
+
+@contextlib.contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in this process (processes forked from it keep the
+    default: they die at once). Outside the main thread, where no handler can be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def is_main_process() -> bool:

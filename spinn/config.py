@@ -27,6 +27,7 @@ from spinn.cli import DEVICE_NAMES, is_device_name
 from spinn.data.classify import FORMATS, SST_LABELS, label_names
 from spinn.data.snli import LABELS, TOO_LONG_POLICIES
 from spinn.errors import SpinnError
+from spinn.io import write_text
 from spinn.model.baselines import ENCODERS, POOLINGS
 from spinn.model.classifier import VARIANTS, NLIClassifier
 from spinn.model.compositions import COMPOSITIONS
@@ -313,7 +314,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False), what="the config")
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from spinn.data.classify import read_classify
 from spinn.data.snli import LABELS, read_nli
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
+from spinn.io import atomic_write, to_json, write_json
 from spinn.model.classifier import NLIClassifier
 from spinn.transitions import PAD
 
@@ -255,8 +255,13 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
 
 def write_predictions(path: Path, result: EvalResult, names: Sequence[str] = LABELS) -> None:
     """One JSON line per example: pairID (an id, for single sentences ``file:line``), gold and
-    predicted label, and the class probabilities."""
-    with open(path, "w", encoding="utf-8") as f:
+    predicted label, and the class probabilities.
+
+    Raises:
+        SpinnError: the file cannot be written, or a probability is not finite; `path` keeps its old
+            contents.
+    """
+    with atomic_write(path, what="the predictions") as f:
         for pair_id, gold, pred, probs in zip(
             result.pair_ids,
             result.labels.tolist(),
@@ -270,7 +275,7 @@ def write_predictions(path: Path, result: EvalResult, names: Sequence[str] = LAB
                 "predicted_label": names[pred],
                 "probabilities": {name: round(p, 6) for name, p in zip(names, probs, strict=True)},
             }
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record, what=f"{path}: pair {pair_id}") + "\n")
 
 
 def split_metrics(result: EvalResult, split: Split) -> dict[str, Any]:
@@ -421,10 +426,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_report(m))
 
     output = Path(args.output) if args.output else loaded.path.parent / f"predictions_{name}.jsonl"
-    output.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output, result, names)
     metrics_path = output.with_suffix(".metrics.json")
-    metrics_path.write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+    write_json(metrics_path, m, what="the metrics")
     print(f"predictions: {output}\nmetrics: {metrics_path}", file=sys.stderr)
     return 0
 

@@ -21,7 +21,6 @@ the tree each sentence was read as.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from spinn.data.snli import read_rows
 from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError, at
 from spinn.evaluate import LoadedModel, load_model
+from spinn.io import atomic_write, to_json
 from spinn.tokenize import tokenize
 from spinn.transitions import TRIVIAL_TREES, balanced, parse_to_transitions, transitions_to_parse
 
@@ -272,15 +272,16 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.output is None:
         _write(records, sys.stdout)
     else:
-        with open(args.output, "w", encoding="utf-8") as f:
+        # A bad pair halfway through leaves the file as it was, not half-overwritten.
+        with atomic_write(args.output, what="the predictions") as f:
             _write(records, f)
         print(f"{len(pairs)} prediction(s): {args.output}", file=sys.stderr)
     return 0
 
 
 def _write(records: Iterator[dict[str, Any]], f: TextIO) -> None:
-    for record in records:
-        f.write(json.dumps(record) + "\n")
+    for i, record in enumerate(records, 1):
+        f.write(to_json(record, what=f"pair {i}: its prediction") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

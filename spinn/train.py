@@ -40,7 +40,6 @@ from spinn import cli, distributed
 from spinn.checkpoint import (
     check_weights_fit,
     load_checkpoint,
-    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -61,6 +60,7 @@ from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.evaluate import Split, evaluate, read_table, split_metrics
+from spinn.io import atomic_write, remove_stale_temporaries, to_json, write_json, write_text
 from spinn.model.classifier import NLIClassifier
 
 #: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
@@ -131,7 +131,7 @@ class RunLog:
         """
         try:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(to_json(record, what=f"{self.path}: a log line") + "\n")
         except OSError as err:
             raise SpinnError(
                 f"{self.path}: cannot write the log ({err.strerror or err}); the checkpoints next to it are "
@@ -303,13 +303,11 @@ def setup_log(cfg: Config, run_dir: Path, resume_step: int | None) -> RunLog:
     if not cli.is_main_process():
         return RunLog(path)  # the other ranks of a distributed run never write it
     if resume_step is None:
-        path.write_text("", encoding="utf-8")
+        write_text(path, "", what="the log")
     elif path.exists():
         lines = path.read_text(encoding="utf-8").splitlines()
         kept = [line for line in lines if (step := _logged_step(line)) is not None and step <= resume_step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, "".join(line + "\n" for line in kept), what="the log")
     writer = None
     if cfg.train.tensorboard:
         try:
@@ -747,7 +745,7 @@ def summarize(
         "test": test,
     }
     if cli.is_main_process():
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(run_dir / "summary.json", summary, what="the summary")
     return summary
 
 
@@ -774,8 +772,11 @@ def plot_learning_curve(log_path: Path, out: Path) -> bool:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_write(out, binary=True, what="the learning curve") as f:
+            fig.savefig(f, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return True
 
 

@@ -24,3 +24,24 @@ def cache_dir(tmp_path_factory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPINN_CACHE_DIR", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_dir, tmp_path_factory):
+    """train.py arguments for 48 training and 24 dev rows of the real SNLI files and the real GloVe
+    rows (cached once per test module), with a tiny model (tests/tiny_runs.py)."""
+    from tiny_runs import tiny_data_args
+
+    return tiny_data_args(data_dir, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """A run folder of two steps: best.pt, last.pt, config.yaml, vocab.json."""
+    from tiny_runs import sets
+
+    from spinn.train import main as train_main
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=2")]) == 0
+    return run

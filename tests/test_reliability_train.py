@@ -14,73 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import sets, user_error
 
 import spinn.train as train_module
 from spinn.checkpoint import load_checkpoint, save_checkpoint
-from spinn.errors import SpinnError
 from spinn.evaluate import main as evaluate_main
 from spinn.model.classifier import NLIClassifier
 from spinn.predict import main as predict_main
 from spinn.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.d_embed=50",
-    "model.d_hidden=8",
-    "model.d_tracker=4",
-    "model.mlp_dim=8",
-    "train.batch_size=8",
-    "train.eval_batch_size=64",
-    "train.progress=false",
-    "train.tensorboard=false",
-    "train.log_every=1",
-]
-
-
-def sets(*overrides):
-    return [a for o in overrides for a in ("--set", o)]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(data_dir, tmp_path_factory):
-    """48 training and 24 dev rows of the real SNLI files, and the real GloVe rows (cached once)."""
-    root = tmp_path_factory.mktemp("data")
-    for name, rows in (("train.jsonl", 48), ("dev.jsonl", 24)):
-        source = "snli_1.0_train_0.01.jsonl" if name == "train.jsonl" else "snli_1.0_dev.jsonl"
-        with open(data_dir / "snli_1.0" / source, encoding="utf-8") as f:
-            (root / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
-    return [
-        "--config",
-        str(ROOT / "configs" / "small.yaml"),
-        *sets(
-            *TINY,
-            f"data.data_dir={root}",
-            "data.train=train.jsonl",
-            "data.dev=dev.jsonl",
-            f"data.cache_dir={root / 'cache'}",
-            f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
-        ),
-    ]
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    """A run folder of two steps: best.pt, last.pt, config.yaml, vocab.json."""
-    run = tmp_path_factory.mktemp("run") / "run"
-    assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=2")]) == 0
-    return run
-
-
-def user_error(main, argv, capsys):
-    """Run an entry point that must fail with a user error: exit status 2 and one line on stderr."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert "Traceback" not in err[0]
-    with pytest.raises(SpinnError):  # --debug lets the same error through with its traceback
-        main([*argv, "--debug"])
-    capsys.readouterr()
-    return err[0]
 
 
 # --- config -------------------------------------------------------------------------------------------

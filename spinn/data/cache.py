@@ -18,14 +18,11 @@ still returned, with a warning, uncached.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import multiprocessing
-import os
 import stat
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -41,6 +38,7 @@ import torch
 
 from spinn.data.snli import NLIExample, read_nli
 from spinn.errors import SpinnError
+from spinn.io import WriteError, atomic_write
 from spinn.transitions import TRIVIAL_TREES
 
 CACHE_VERSION = 2
@@ -97,19 +95,11 @@ def save_cache(path: Path, key: dict[str, Any], payload: dict[str, Any]) -> bool
     if path.parent.is_dir() and not stat.S_IMODE(path.parent.stat().st_mode) & 0o222:
         warnings.warn(f"{path.parent}: read-only folder; continuing without a cache there", stacklevel=2)
         return False
-    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, binary=True, what="the cache") as f:
             torch.save({"key": {"version": CACHE_VERSION, **key}, "payload": payload}, f)
-        os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        warnings.warn(f"{path}: cannot write the cache ({err}); continuing without it", stacklevel=2)
+    except WriteError as err:
+        warnings.warn(f"{err}; continuing without it", stacklevel=2)
         return False
     return True
 

@@ -1,8 +1,9 @@
 """Fetch SNLI 1.0, MultiNLI 1.0, the Stanford Sentiment Treebank and GloVe from their official
 addresses, check them, unpack them safely.
 
-Each resource is a zip archive. `download` fetches it to ``<root>/<archive>.part`` with a progress bar,
-checks its checksum, moves it into place, and extracts it into ``root`` after checking every member
+Each resource is a zip archive. `download` fetches it through a temporary file next to it
+(`spinn.io.atomic_write`: removed on any failure, Ctrl-C or SIGTERM) with a progress bar, moves it into
+place, checks its checksum, and extracts it into ``root`` after checking every member
 (no absolute paths, no ``..``, no symbolic links, nothing that would land outside ``root``). A marker
 ``<root>/.<name>.done.json`` records the checksum and the extracted files with their sizes; a second
 call that finds the marker and the files unchanged does nothing.
@@ -18,7 +19,6 @@ import argparse
 import hashlib
 import http.client
 import json
-import os
 import re
 import shutil
 import stat
@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from spinn import cli
 from spinn.errors import SpinnError
+from spinn.io import atomic_write, write_json
 
 _CHUNK = 1 << 20
 
@@ -137,11 +138,10 @@ def download(
                     f"{source}: checksum mismatch, expected {expected} but the download has {found}"
                 )
     files = extract(archive, root)
-    marker.write_text(
-        json.dumps(
-            {"checksum": expected, "files": {str(p.relative_to(root)): p.stat().st_size for p in files}},
-            indent=1,
-        )
+    write_json(
+        marker,
+        {"checksum": expected, "files": {str(p.relative_to(root)): p.stat().st_size for p in files}},
+        what="the download record",
     )
     if not keep_archive:
         archive.unlink()
@@ -184,10 +184,9 @@ def extract(archive: Path, root: Path) -> list[Path]:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with zf.open(info) as src, open(target, "wb") as dst:
+                with zf.open(info) as src, atomic_write(target, binary=True, what="an extracted file") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
             except (zipfile.BadZipFile, EOFError, zlib.error) as err:
-                target.unlink(missing_ok=True)
                 raise SpinnError(
                     f"{archive}: member {info.filename!r} is truncated or corrupt ({err})"
                 ) from None
@@ -231,23 +230,33 @@ def _digest(path: Path, like: str) -> str:
 
 
 def _fetch(url: str, target: Path, progress: bool) -> None:
-    """Download `url` to `target` through ``<target>.part``, so a broken download never looks complete."""
-    part = target.with_name(target.name + ".part")
+    """Download `url` to `target` through a temporary file, so a broken download never looks complete."""
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+        with (
+            urllib.request.urlopen(url, timeout=60) as response,
+            atomic_write(target, binary=True, what="the download") as out,
+        ):
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
-                while chunk := response.read(_CHUNK):
+                while chunk := _read(response, url):
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
             if total is not None and received != total:
-                raise OSError(f"connection closed after {received} of {total} bytes")
+                raise SpinnError(
+                    f"{url}: download failed (connection closed after {received} of {total} bytes)"
+                )
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-        part.unlink(missing_ok=True)
         raise SpinnError(f"{url}: download failed ({err})") from None
-    os.replace(part, target)
+
+
+def _read(response: http.client.HTTPResponse, url: str) -> bytes:
+    """The next chunk; a network error is the download's, not the file's being written."""
+    try:
+        return response.read(_CHUNK)
+    except (OSError, http.client.HTTPException) as err:
+        raise SpinnError(f"{url}: download failed ({err})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from itertools import chain
 from pathlib import Path
 
 from spinn.errors import SpinnError
+from spinn.io import open_input, write_text
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -114,17 +115,17 @@ class Vocab:
         return cls(itos)
 
     def save(self, path: str | Path) -> None:
-        """Write the vocabulary as UTF-8 JSON (`to_dict`); `load` reads it back."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        """Write the vocabulary as UTF-8 JSON (`to_dict`), atomically; `load` reads it back."""
+        write_text(path, json.dumps(self.to_dict(), ensure_ascii=False), what="the vocabulary")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
         """Raises: SpinnError when the file is missing, not JSON, or not a vocabulary."""
         path = Path(path)
+        with open_input(path, "vocabulary file") as f:
+            data = f.read()
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SpinnError(f"{path}: no such vocabulary file") from None
+            d = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SpinnError(f"{path}: not a JSON vocabulary ({err})") from None
         try:
