@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -238,8 +239,8 @@ class TrainConfig:
     patience: int | None = None
     #: Write a log.jsonl line (and a TensorBoard point) every N steps.
     log_every: int = 100
-    #: Write TensorBoard events where the tensorboard package is installed.
-    tensorboard: bool = True
+    #: Write TensorBoard events to tb/ (needs the tensorboard package: pip install tensorboard).
+    tensorboard: bool = False
     #: Show tqdm progress bars.
     progress: bool = True
     #: Background processes that pad the next training batches and work out their encoder schedules
@@ -365,6 +366,7 @@ def validate(cfg: Config) -> None:
     Raises:
         ConfigError: naming the key, what was expected and what was found.
     """
+    check_finite(cfg)
     m, o, t, d, v = cfg.model, cfg.optim, cfg.train, cfg.data, cfg.vocab
     positive = {
         "model.d_embed": m.d_embed,
@@ -441,6 +443,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.phrases: applies to data.format sst (labelled trees), found {d.format!r}")
     if not is_device_name(t.device):
         raise ConfigError(f"train.device: expected {DEVICE_NAMES}, found {t.device!r}")
+
+
+def check_finite(cfg: Config) -> None:
+    """Every number is finite: YAML's ``.nan`` and ``.inf`` pass the range checks below unnoticed
+    (``nan <= 0`` is false) and would train to NaN weights.
+
+    Raises:
+        ConfigError: naming the first key with a NaN or an infinity.
+    """
+    for section, values in config_to_dict(cfg).items():
+        for name, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{name}: expected a finite number, found {value}")
 
 
 def diff_configs(old: Config, new: Config) -> list[tuple[str, Any, Any]]:

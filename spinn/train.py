@@ -7,7 +7,7 @@
 The run folder (``train.out_dir``) receives ``config.yaml`` (resolved), ``vocab.json``, ``log.jsonl``
 (one JSON object per logged step and per evaluation), ``last.pt`` and ``best.pt`` checkpoints,
 ``summary.json`` (best step; dev and test accuracy of the best checkpoint), ``learning_curve.png``
-(with matplotlib) and ``tb/`` (with tensorboard).
+(with matplotlib) and ``tb/`` (with ``train.tensorboard=true``, which needs the tensorboard package).
 
 Ctrl-C or SIGTERM stops after the current step, saves ``last.pt`` and exits with status 130 / 143;
 ``--resume RUN_DIR`` then continues exactly where the run stopped.
@@ -310,13 +310,27 @@ def setup_log(cfg: Config, run_dir: Path, resume_step: int | None) -> RunLog:
         write_text(path, "".join(line + "\n" for line in kept), what="the log")
     writer = None
     if cfg.train.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("tensorboard is not installed: no TensorBoard events (pip install tensorboard)")
-        else:
-            writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+        from torch.utils.tensorboard import SummaryWriter  # check_tensorboard made sure it is there
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
     return RunLog(path, writer)
+
+
+def check_tensorboard(cfg: Config) -> None:
+    """train.tensorboard asks for TensorBoard events: without the package, say so before the run starts.
+
+    Raises:
+        SpinnError: the tensorboard package is not installed.
+    """
+    if not cfg.train.tensorboard:
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401 (only whether it imports)
+    except ImportError:
+        raise SpinnError(
+            "train.tensorboard: true needs the tensorboard package, which is not installed: "
+            "pip install tensorboard, or set train.tensorboard=false"
+        ) from None
 
 
 def _non_finite(
@@ -862,6 +876,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if cfg.train.compile:
         check_compile(device)
+    check_tensorboard(cfg)
     seed_everything(cfg.train.seed)
     # Before reading the data: a refusal to start over an existing run comes at once.
     run_dir = None if args.dry_run else setup_run_dir(cfg, resuming=ckpt is not None)

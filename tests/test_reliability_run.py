@@ -3,6 +3,7 @@ something worse, and every failure is one line with exit status 2. docs/reliabil
 with its test."""
 
 import http.server
+import importlib.util
 import json
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from test_io import file_size_limit, leftovers
 from tiny_runs import ROOT, sets, user_error
 
 from spinn.checkpoint import load_checkpoint
+from spinn.config import Config
 from spinn.evaluate import main as evaluate_main
 from spinn.predict import main as predict_main
 from spinn.train import main as train_main
@@ -105,3 +107,38 @@ def test_an_interrupted_download_leaves_no_partial_file(tmp_path, signum, status
         httpd.shutdown()
         httpd.server_close()
     assert list(root.iterdir()) == []
+
+
+# --- config: NaN and infinities -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "override", "key", "found"),
+    [
+        ("optim:\n  lr: .nan\n", None, "optim.lr", "nan"),
+        ("optim:\n  l2: .nan\n", None, "optim.l2", "nan"),
+        ("optim:\n  lr_decay: .NaN\n", None, "optim.lr_decay", "nan"),
+        ("", "optim.grad_clip=.inf", "optim.grad_clip", "inf"),
+        ("", "model.dropout=.nan", "model.dropout", "nan"),
+        ("", "optim.ema_decay=-.inf", "optim.ema_decay", "-inf"),
+    ],
+)
+def test_nan_and_infinite_config_values_are_refused(tmp_path, capsys, yaml_text, override, key, found):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    out = tmp_path / "run"
+    argv = ["--config", str(tmp_path / "c.yaml"), *sets(f"train.out_dir={out}")]
+    argv += sets(override) if override else []
+    message = user_error(train_main, argv, capsys)
+    assert f"{key}: expected a finite number, found {found}" in message
+    assert not out.exists()
+
+
+def test_tensorboard_is_off_by_default_and_asking_for_it_without_the_package_is_refused(tmp_path, capsys):
+    assert Config().train.tensorboard is False
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    out = tmp_path / "run"
+    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *sets("train.tensorboard=true")]
+    message = user_error(train_main, [*argv, *sets(f"train.out_dir={out}")], capsys)
+    assert "train.tensorboard: true needs the tensorboard package" in message
+    assert not out.exists()
