@@ -48,7 +48,7 @@ class _Recording:
         return getattr(self.raw, name)
 
 
-def reason(err: OSError) -> str:
+def strerror(err: OSError) -> str:
     """The OS's words for `err` ("No space left on device"), without Python's prefix."""
     return err.strerror or str(err)
 
@@ -104,7 +104,7 @@ def atomic_write(path: str | Path, *, binary: bool = False, what: str = "the fil
 
 def _write_error(path: Path, what: str, err: OSError) -> WriteError:
     return WriteError(
-        f"{path}: cannot write {what} ({reason(err)}); the previous {path.name}, if any, is intact"
+        f"{path}: cannot write {what} ({strerror(err)}); the previous {path.name}, if any, is intact"
     )
 
 
@@ -156,4 +156,4 @@ def open_input(path: str | Path, what: str = "file") -> IO[bytes]:
     except PermissionError:
         raise SpinnError(f"{path}: permission denied, cannot read this {what}") from None
     except OSError as err:
-        raise SpinnError(f"{path}: cannot read this {what} ({reason(err)})") from None
+        raise SpinnError(f"{path}: cannot read this {what} ({strerror(err)})") from None

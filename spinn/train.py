@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -60,7 +63,7 @@ from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.evaluate import Split, evaluate, read_table, split_metrics
-from spinn.io import atomic_write, remove_stale_temporaries, to_json, write_json, write_text
+from spinn.io import atomic_write, remove_stale_temporaries, strerror, to_json, write_json, write_text
 from spinn.model.classifier import NLIClassifier
 
 #: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
@@ -114,6 +117,8 @@ class TrainState:
     #: This rank's train loss sum, correct predictions and pairs since the last log line, so that the
     #: first line after a resume covers the same steps as without the interruption.
     log_window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0])
+    #: Seconds spent training (and evaluating on dev) over every session of the run so far.
+    train_seconds: float = 0.0
 
 
 @dataclass
@@ -189,23 +194,87 @@ def setup_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | Non
     return cfg, ckpt
 
 
-def setup_run_dir(cfg: Config, resuming: bool) -> Path:
-    """Create the run folder; refuse to start a new run over an existing one.
+#: What a run writes into its folder: a folder that holds any of these holds a run.
+RUN_FILES = (
+    "config.yaml",
+    "vocab.json",
+    "log.jsonl",
+    "last.pt",
+    "best.pt",
+    "summary.json",
+    "learning_curve.png",
+    "tb",
+)
+#: The file a training process holds an advisory lock on while it owns its run folder.
+LOCK_FILE = ".lock"
+
+
+def check_run_dir(out: Path, resuming: bool, overwrite: bool) -> None:
+    """The run folder, checked before anything is read or created: a folder or a path that can become
+    one, and no run in it unless this is a resume or `overwrite` is given.
 
     Raises:
-        SpinnError: the folder already holds a run and this is not a resume.
+        SpinnError: train.out_dir is a file or lies under one, or it holds a run and this is neither a
+            resume nor an overwrite.
     """
-    out = Path(cfg.train.out_dir)
-    if not resuming and (out / "last.pt").exists():
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under a file, {existing}"
+        raise SpinnError(f"train.out_dir: {out} {where}; expected a folder")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not (resuming or overwrite):
         raise SpinnError(
-            f"{out}: already holds a run (last.pt); continue it with --resume {out}, "
-            f"or start a new one elsewhere with --set train.out_dir=OTHER_DIR"
+            f"{out}: already holds a run ({', '.join(found)}); continue it with --resume {out}, replace it "
+            f"with --overwrite, or start a new one elsewhere with --set train.out_dir=OTHER_DIR"
         )
-    if resuming and cli.is_main_process():
-        remove_stale_temporaries(out)
-    if cli.is_main_process():
+
+
+@contextlib.contextmanager
+def own_run_dir(out: Path, resuming: bool, overwrite: bool) -> Iterator[None]:
+    """Create the run folder and hold an advisory lock on it while the block runs: one process writes a
+    run folder at a time. The kernel releases the lock when the process dies, so a killed run resumes.
+    With `overwrite`, the old run's files are deleted once the lock is held.
+
+    Raises:
+        SpinnError: the folder cannot be created, or another process holds its lock.
+    """
+    if not cli.is_main_process():  # the other ranks of a distributed run write nothing there
+        yield
+        return
+    try:
         out.mkdir(parents=True, exist_ok=True)
-    return out
+        lock = open(out / LOCK_FILE, "a+", encoding="utf-8")  # held open while the block runs
+    except OSError as err:
+        raise SpinnError(f"{out}: cannot create the run folder ({strerror(err)})") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise SpinnError(
+                f"{out}: another training process (pid {holder}) is writing this run folder; wait for it "
+                f"to end, or use another train.out_dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        check_run_dir(out, resuming, overwrite)  # again: a run may have ended here since the first check
+        if overwrite:
+            remove_run_files(out)
+        remove_stale_temporaries(out)
+        yield
+
+
+def remove_run_files(out: Path) -> None:
+    """Delete the files of the run in `out` (--overwrite)."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
@@ -516,6 +585,7 @@ def train(
     average of the weights, updated after every step) the average is what is evaluated and saved.
     """
     t = cfg.train
+    started = time.perf_counter() - state.train_seconds  # the clock of the whole run, over its resumes
     main = cli.is_main_process()
     # DistributedDataParallel under torchrun, the model itself otherwise; checkpoints save `model`.
     wrapped = distributed.wrap(model, device)
@@ -584,6 +654,7 @@ def train(
     def save_last() -> None:
         """Every rank calls it: it gathers each rank's random state and log window, for an exact resume."""
         state.log_window = [float(loss_sum), float(correct), examples]
+        state.train_seconds = time.perf_counter() - started
         rng_ranks = distributed.gather_to_main(rng_state())
         log_windows = distributed.gather_to_main(state.log_window)
         if main:
@@ -726,7 +797,6 @@ def summarize(
     reason: str,
     run_dir: Path,
     device: torch.device,
-    seconds: float,
 ) -> dict[str, Any]:
     """Evaluate the best checkpoint on test and write summary.json with its dev and test figures.
 
@@ -752,7 +822,7 @@ def summarize(
         "stopped": reason,
         "steps": state.step,
         "epochs": state.epoch,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(state.train_seconds, 1),
         "best_step": best["step"],
         "best_checkpoint": str(run_dir / "best.pt"),
         "dev": best["dev"],
@@ -835,6 +905,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check config, data and model on one batch; write no run folder (data caches may be built)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a train.out_dir that holds one, deleting the old run's files",
+    )
     return parser
 
 
@@ -860,10 +935,35 @@ def check_compile(device: torch.device) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         args.set.append(f"train.max_steps={args.max_steps}")
+    if args.overwrite and args.resume is not None:
+        raise SpinnError("--overwrite starts a new run over an old one; it cannot be combined with --resume")
     cfg, ckpt = setup_config(args)
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    device = setup_device(cfg, ckpt)
+    seed_everything(cfg.train.seed)
+    run_dir, resuming = Path(cfg.train.out_dir), ckpt is not None
+    if not args.dry_run:  # before reading the data: a refusal to start over an existing run comes at once
+        check_run_dir(run_dir, resuming, args.overwrite)
+        if ckpt is not None:
+            check_resumed_vocab(run_dir, ckpt)
+    data = setup_data(cfg, Vocab.from_dict(ckpt["vocab"]) if ckpt else None)
+    model = setup_model(cfg, data, device)
+    if args.dry_run:
+        dry_run(cfg, data, model, device)
+        return 0
+    # Created only now that the config, the data and the model are known to be fine.
+    with own_run_dir(run_dir, resuming, args.overwrite):
+        return train_run(cfg, ckpt, data, model, run_dir, device)
+
+
+def setup_device(cfg: Config, ckpt: dict[str, Any] | None) -> torch.device:
+    """The device (and the process group under torchrun), after the checks that need no data.
+
+    Raises:
+        SpinnError: a process count, batch size, compile or TensorBoard setting that cannot train.
+    """
     device = distributed.setup(cli.resolve_device(cfg.train.device))
     if ckpt and "sampler" in ckpt:  # another process count is refused as such, not by its batch size
         distributed.sampler_state(ckpt["sampler"])
@@ -877,14 +977,35 @@ def run_train(args: argparse.Namespace) -> int:
     if cfg.train.compile:
         check_compile(device)
     check_tensorboard(cfg)
-    seed_everything(cfg.train.seed)
-    # Before reading the data: a refusal to start over an existing run comes at once.
-    run_dir = None if args.dry_run else setup_run_dir(cfg, resuming=ckpt is not None)
-    data = setup_data(cfg, Vocab.from_dict(ckpt["vocab"]) if ckpt else None)
-    model = setup_model(cfg, data, device)
-    if run_dir is None:
-        dry_run(cfg, data, model, device)
-        return 0
+    return device
+
+
+def check_resumed_vocab(run_dir: Path, ckpt: dict[str, Any]) -> None:
+    """The run folder's vocab.json, written when the run started, must be the checkpoint's vocabulary:
+    the same words in another order would give every embedding row another word.
+
+    Raises:
+        SpinnError: the two vocabularies differ.
+    """
+    path = run_dir / "vocab.json"
+    if not path.exists():
+        return
+    if Vocab.load(path) != Vocab.from_dict(ckpt["vocab"]):
+        raise SpinnError(
+            f"{path}: not the vocabulary of the checkpoint to resume from (other words or another order); "
+            f"the run folder and its checkpoint do not belong together"
+        )
+
+
+def train_run(
+    cfg: Config,
+    ckpt: dict[str, Any] | None,
+    data: Data,
+    model: NLIClassifier,
+    run_dir: Path,
+    device: torch.device,
+) -> int:
+    """Set up the optimiser and the log, train, summarise; return the exit status."""
     optimizer = setup_optimizer(cfg, model)
     scheduler = setup_scheduler(cfg, optimizer)
     sampler = setup_sampler(cfg, data)
@@ -899,15 +1020,12 @@ def run_train(args: argparse.Namespace) -> int:
     log = setup_log(cfg, run_dir, state.step if ckpt else None)
     if ckpt:
         print(f"resuming {run_dir} at step {state.step} (epoch {state.epoch})")
-
-    start = time.perf_counter()
     try:
         reason = train(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device, averaged)
     finally:
         log.close()
-    seconds = time.perf_counter() - start
     interrupted = reason in INTERRUPTIONS
-    summary = None if interrupted else summarize(cfg, data, model, state, reason, run_dir, device, seconds)
+    summary = None if interrupted else summarize(cfg, data, model, state, reason, run_dir, device)
     # Every rank leaves the group together: a rank that exits while another still holds the group open
     # makes gloo abort that one.
     distributed.barrier()
@@ -919,20 +1037,24 @@ def run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + signal.Signals[reason].value
-    if not cli.is_main_process():
-        return 0
+    if cli.is_main_process():
+        report(run_dir, reason, state, summary)
+    return 0
+
+
+def report(run_dir: Path, reason: str, state: TrainState, summary: dict[str, Any]) -> None:
+    """Draw the learning curve; print where the run ended and its best checkpoint's figures."""
     if plot_learning_curve(run_dir / "log.jsonl", run_dir / "learning_curve.png"):
         print(f"learning curve: {run_dir / 'learning_curve.png'}")
     else:
         print("matplotlib is not installed: no learning_curve.png (pip install matplotlib)")
     test = summary["test"]
     print(
-        f"done ({reason}) after {state.step} steps in {seconds / 60:.1f} min; "
+        f"done ({reason}) after {state.step} steps in {state.train_seconds / 60:.1f} min; "
         f"best step {summary['best_step']}: dev acc {summary['dev']['accuracy']:.4f}"
         + (f", test acc {test['accuracy']:.4f}" if test else " (no test split)")
         + f"; summary: {run_dir / 'summary.json'}"
     )
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
