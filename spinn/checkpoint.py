@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from spinn.errors import SpinnError
-from spinn.io import WriteError, atomic_write
+from spinn.io import WriteError, atomic_write, check_readable
 
 FORMAT_VERSION = 1
 #: The keys every checkpoint has; training checkpoints add optimizer, scheduler and sampler.
@@ -51,14 +53,50 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     (`spinn.io.atomic_write`): a crash at any moment leaves either the old checkpoint or the new one, whole.
 
     Raises:
-        CheckpointError: the file cannot be written (a full disk); the previous one is intact.
+        CheckpointError: the file cannot be written (a full disk), or a weight is NaN or infinite; the
+            previous one is intact.
     """
+    check_finite_weights(state, f"{path}: refused to write the checkpoint")
     payload = {"format_version": FORMAT_VERSION, "torch_version": str(torch.__version__), **state}
     try:
         with atomic_write(path, binary=True, what="the checkpoint") as f:
             torch.save(payload, f)
     except WriteError as err:
         raise CheckpointError(str(err)) from None
+
+
+def any_non_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool tensor, True when some of `tensors` hold a NaN or an infinity, without a host sync.
+
+    One sum per tensor and one over them: a NaN or an infinity anywhere makes the total non-finite.
+    Finite values whose total overflows also give True: confirm with `first_non_finite` before saying so.
+    """
+    return ~torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum().isfinite()
+
+
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The first floating tensor with a NaN or an infinity, as "'name' (k of n values)"; None when none."""
+    for name, tensor in named:
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return f"{name!r} ({bad} of {tensor.numel()} values)"
+    return None
+
+
+def check_finite_weights(ckpt: dict[str, Any], where: str) -> None:
+    """Every weight and buffer of a checkpoint's model (and online model) is finite.
+
+    Raises:
+        CheckpointError: naming the first tensor with a NaN or an infinity.
+    """
+    for key in ("model", "online_model"):
+        bad = first_non_finite(ckpt.get(key, {}).items())
+        if bad is not None:
+            raise CheckpointError(
+                f"{where}: {key} tensor {bad} is NaN or infinite; these weights cannot be evaluated or "
+                f"trained on (use a checkpoint written before the training diverged)"
+            )
 
 
 def check_weights_fit(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
@@ -90,13 +128,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, holds anything but tensors and
-            plain containers, lacks a required key, or is of another format version.
+            plain containers, lacks a required key, is of another format version, or holds a NaN or
+            infinite weight.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        check_readable(path, "checkpoint file")
+    except SpinnError as err:
+        raise CheckpointError(str(err)) from None
     # torch.save writes a zip archive; anything else (a truncated or damaged file) is not one of ours.
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
@@ -106,10 +147,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        lines = str(err).splitlines()
-        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        # Only the name of the object: torch's message goes on to explain how to load it anyway.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "an object torch refuses to unpickle"
         raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain containers ({detail})"
+            f"{path}: refused to load: it holds objects other than tensors and plain containers ({what}); "
+            f"spinn writes none, so this file was altered or written by something else"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from None
@@ -123,6 +166,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint format version {ckpt['format_version']!r}, this spinn reads version "
             f"{FORMAT_VERSION}"
         )
+    check_finite_weights(ckpt, str(path))
     return ckpt
 
 

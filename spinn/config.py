@@ -28,7 +28,7 @@ from spinn.cli import DEVICE_NAMES, is_device_name
 from spinn.data.classify import FORMATS, SST_LABELS, label_names
 from spinn.data.snli import LABELS, TOO_LONG_POLICIES
 from spinn.errors import SpinnError
-from spinn.io import write_text
+from spinn.io import open_input, write_text
 from spinn.model.baselines import ENCODERS, POOLINGS
 from spinn.model.classifier import VARIANTS, NLIClassifier
 from spinn.model.compositions import COMPOSITIONS
@@ -283,9 +283,12 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     else:
         path = find_config(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
+            with open_input(path, "config file") as f:
+                text = f.read().decode("utf-8")
+        except SpinnError as err:
+            raise ConfigError(str(err)) from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: expected UTF-8 text ({err.reason} at byte {err.start})") from None
         try:
             raw = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as err:

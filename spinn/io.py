@@ -20,6 +20,9 @@ from typing import IO, Any
 
 from spinn.errors import SpinnError
 
+#: The longest line a data file may have: SNLI's are under 2 KB, MultiNLI's and 300-d GloVe rows a few
+#: KB. A longer one is a damaged or wrong file, refused before it is read into memory whole.
+MAX_LINE_BYTES = 1 << 20
 #: The suffix of `atomic_write`'s temporary files (``.<name>.<random>.tmp`` next to the target).
 TMP_SUFFIX = ".tmp"
 
@@ -157,3 +160,24 @@ def open_input(path: str | Path, what: str = "file") -> IO[bytes]:
         raise SpinnError(f"{path}: permission denied, cannot read this {what}") from None
     except OSError as err:
         raise SpinnError(f"{path}: cannot read this {what} ({strerror(err)})") from None
+
+
+def check_readable(path: str | Path, what: str = "file") -> Path:
+    """`path`, after checking that it is a file this process may read (`open_input`'s errors)."""
+    open_input(path, what).close()
+    return Path(path)
+
+
+def read_lines(stream: IO[bytes], where: str, first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each line of `stream`, each read in bounded memory.
+
+    Raises:
+        SpinnError: a line longer than `MAX_LINE_BYTES`, naming `where` and its line number.
+    """
+    for line_no, line in enumerate(iter(lambda: stream.readline(MAX_LINE_BYTES + 1), b""), first_line):
+        if len(line) > MAX_LINE_BYTES:
+            raise SpinnError(
+                f"{where}:{line_no}: a line longer than {MAX_LINE_BYTES:,} bytes, expected one record per "
+                f"line (is this the right file?)"
+            )
+        yield line_no, line

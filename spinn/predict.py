@@ -37,7 +37,7 @@ from spinn.data.snli import read_rows
 from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError, at
 from spinn.evaluate import LoadedModel, load_model
-from spinn.io import atomic_write, to_json
+from spinn.io import atomic_write, check_readable, to_json
 from spinn.tokenize import tokenize
 from spinn.transitions import TRIVIAL_TREES, balanced, parse_to_transitions, transitions_to_parse
 
@@ -101,8 +101,7 @@ def read_pairs(path: Path, *, single: bool = False) -> list[Pair]:
     Raises:
         SpinnError: a missing file, bad JSON, or a row without a premise or hypothesis column.
     """
-    if not path.is_file():
-        raise SpinnError(f"{path}: no such file")
+    check_readable(path, "file of sentence pairs")
     pairs = []
     for line_no, row in read_rows(path):
         sides = []

@@ -41,7 +41,9 @@ from tqdm import tqdm
 
 from spinn import cli, distributed
 from spinn.checkpoint import (
+    any_non_finite,
     check_weights_fit,
+    first_non_finite,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -63,7 +65,15 @@ from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.evaluate import Split, evaluate, read_table, split_metrics
-from spinn.io import atomic_write, remove_stale_temporaries, strerror, to_json, write_json, write_text
+from spinn.io import (
+    atomic_write,
+    check_readable,
+    remove_stale_temporaries,
+    strerror,
+    to_json,
+    write_json,
+    write_text,
+)
 from spinn.model.classifier import NLIClassifier
 
 #: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
@@ -286,8 +296,11 @@ def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
     d, progress = cfg.data, cfg.train.progress
     paths = {"train": d.path(d.train), "dev": d.path(d.dev), "test": d.path(d.test)}
     for name, path in paths.items():
-        if path is not None and not path.is_file():
-            raise SpinnError(f"data.{name}: no such file {path} (data.data_dir is {d.data_dir!r})")
+        if path is not None:
+            try:
+                check_readable(path, "data file")
+            except SpinnError as err:
+                raise SpinnError(f"data.{name}: {err} (data.data_dir is {d.data_dir!r})") from None
     tables = {
         name: read_table(p, d, task=cfg.task, phrases=d.phrases and name == "train", progress=progress)
         for name, p in paths.items()
@@ -425,6 +438,43 @@ def _non_finite(
         f"without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
         f"optim.grad_clip, then --resume {run_dir}"
     )
+
+
+def watched_weights(model: NLIClassifier) -> list[tuple[str, torch.Tensor]]:
+    """What an optimiser step changes: the trainable weights and the floating-point buffers (batch-norm
+    statistics), by name."""
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return params + [(name, b) for name, b in model.named_buffers() if b.is_floating_point()]
+
+
+def weights_not_finite(
+    watched: list[tuple[str, torch.Tensor]], state: TrainState, run_dir: Path
+) -> SpinnError:
+    """The error for a step after which `any_non_finite` found a NaN or an infinity in the weights."""
+    bad = first_non_finite(watched)
+    what = (
+        f"tensor {bad} is NaN or infinite"
+        if bad is not None
+        else "the weights sum to more than float32 holds (or another rank's are not finite)"
+    )
+    return SpinnError(
+        f"step {state.step + 1}: after the optimiser step, {what}; stopped without saving, so {run_dir} "
+        f"keeps its last good checkpoints. Lower optim.lr or set optim.grad_clip, then --resume {run_dir}"
+    )
+
+
+def check_dev_loss(loss: float, state: TrainState, run_dir: Path) -> None:
+    """A non-finite dev loss never becomes a checkpoint (nor best.pt).
+
+    Raises:
+        SpinnError: the loss is NaN or infinite.
+    """
+    if not math.isfinite(loss):
+        raise SpinnError(
+            f"step {state.step}: the dev loss is {loss}, expected a finite number; stopped without saving, "
+            f"so {run_dir} keeps its last good checkpoints. Lower optim.lr or set optim.grad_clip, then "
+            f"--resume {run_dir}"
+        )
 
 
 def _logged_step(line: str) -> int | None:
@@ -598,6 +648,8 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     clip = math.inf if cfg.optim.grad_clip is None else cfg.optim.grad_clip  # inf: the norm, no clipping
     steps_per_epoch = len(sampler)
+    watched = watched_weights(model)
+    watched_tensors = [tensor for _, tensor in watched]
     planned = [n for n in (t.max_steps, t.epochs and t.epochs * steps_per_epoch) if n]
     bar = tqdm(
         total=min(planned),
@@ -619,6 +671,7 @@ def train(
             desc="dev",
         )
         model.train()
+        check_dev_loss(result.loss, state, run_dir)
         state.evaluated_step = state.step
         improved = state.best_dev_acc is None or result.accuracy > state.best_dev_acc
         if improved:
@@ -727,6 +780,10 @@ def train(
                 scheduler.step()
                 if averaged is not None:
                     averaged.update_parameters(model)
+                # One reduction and one host sync: a step that spoilt the weights or the batch-norm
+                # statistics stops the run before any checkpoint could hold them.
+                if distributed.any_rank(bool(any_non_finite(watched_tensors)), device):
+                    raise weights_not_finite(watched, state, run_dir)
                 state.step += 1
                 bar.update(1)
                 loss_sum += loss.detach().float() * len(batch)

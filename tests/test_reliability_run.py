@@ -11,16 +11,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from test_io import file_size_limit, leftovers
 from tiny_runs import ROOT, sets, user_error
 
-from spinn.checkpoint import load_checkpoint
+import spinn.train as train_module
+from spinn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spinn.config import Config
+from spinn.data.snli import read_nli, read_rows
+from spinn.errors import SpinnError
 from spinn.evaluate import main as evaluate_main
+from spinn.io import MAX_LINE_BYTES
 from spinn.predict import main as predict_main
 from spinn.train import main as train_main
 
@@ -265,3 +272,172 @@ def test_two_trainings_into_one_folder_the_second_is_refused_and_a_killed_one_re
     assert train_main(["--resume", str(run), *sets("train.max_steps=2")]) == 0
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 2]  # one run's lines, in order
+
+
+# --- non-finite weights -------------------------------------------------------------------------------
+
+
+def test_a_step_that_spoils_the_batch_norm_statistics_stops_before_any_checkpoint(
+    tiny_data, tmp_path, capsys
+):
+    """The issue's case: SGD at lr 1e3 without clipping makes running_var infinite at step 5."""
+    run = tmp_path / "run"
+    diverging = ("optim.name=sgd", "optim.lr=1e3", "optim.grad_clip=null", "model.batch_norm=true")
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=2", *diverging)]
+    message = user_error(train_main, argv, capsys)
+    assert "step 5: after the optimiser step, tensor 'mlp.4.running_var' (" in message
+    assert f"is NaN or infinite; stopped without saving, so {run} keeps its last good checkpoints" in message
+    assert load_checkpoint(run / "last.pt")["step"] == 4  # load_checkpoint checks every tensor is finite
+    assert load_checkpoint(run / "best.pt")["step"] in (2, 4)
+    assert evaluate_main(["--checkpoint", str(run), "--no-progress"]) == 0
+
+
+def test_a_non_finite_dev_loss_never_becomes_a_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    real = train_module.evaluate
+    calls = []
+
+    def evaluate(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            result.loss = float("nan")
+            result.probs[:] = 0.0
+            result.probs[:, 0] = 1.0  # and an accuracy that would be a new best
+        return result
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    run = tmp_path / "run"
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=2")]
+    message = user_error(train_main, argv, capsys)
+    assert (
+        f"step 4: the dev loss is nan, expected a finite number; stopped without saving, so {run}" in message
+    )
+    assert load_checkpoint(run / "best.pt")["step"] == 2 and load_checkpoint(run / "last.pt")["step"] == 2
+
+
+def _poisoned(trained, path, key="model"):
+    ckpt = torch.load(trained / "last.pt", weights_only=True)
+    name = next(name for name, w in ckpt[key].items() if w.is_floating_point())
+    ckpt[key][name] = ckpt[key][name].clone()
+    ckpt[key][name].view(-1)[:2] = float("nan")
+    torch.save(ckpt, path)
+    return name
+
+
+def test_checkpoints_with_nan_weights_are_refused_everywhere_naming_the_tensor(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    name = _poisoned(trained, bad)
+    expected = f"{bad}: model tensor {name!r} (2 of "
+    assert expected in user_error(evaluate_main, ["--checkpoint", str(bad), "--no-progress"], capsys)
+    argv = ["--checkpoint", str(bad), "--premise", "A dog runs.", "--hypothesis", "A dog moves."]
+    assert expected in user_error(predict_main, argv, capsys)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _poisoned(trained, run / "last.pt")
+    assert "last.pt: model tensor" in user_error(train_main, ["--resume", str(run)], capsys)
+    ckpt = torch.load(bad, weights_only=True)
+    with pytest.raises(CheckpointError, match="refused to write the checkpoint: model tensor"):
+        save_checkpoint(ckpt, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_crafted_checkpoint_is_refused_without_torchs_advice_to_load_it_anyway(trained, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class WritesAFile:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').write('pwned')",)
+
+    bad = tmp_path / "bad.pt"
+    torch.save({**torch.load(trained / "best.pt", weights_only=True), "step": WritesAFile()}, bad)
+    message = user_error(evaluate_main, ["--checkpoint", str(bad), "--no-progress"], capsys)
+    assert (
+        "refused to load: it holds objects other than tensors and plain containers (a reference to exec)"
+        in message
+    )
+    assert "weights_only" not in message and "safe_globals" not in message and not marker.exists()
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+_READERS = """
+import sys
+from spinn.checkpoint import load_checkpoint
+from spinn.config import load_config
+from spinn.data.glove import load_glove
+from spinn.data.snli import read_nli, read_rows
+from spinn.data.vocab import Vocab
+from spinn.data.snli import read_nli, read_rows
+from spinn.errors import SpinnError
+from spinn.train import main as train_main
+import os
+if os.geteuid() == 0:  # root reads a chmod 000 file: read as nobody (after the imports, which need root)
+    os.setgid(65534)
+    os.setuid(65534)
+path = sys.argv[1]
+for read in (
+    lambda: read_nli(path, progress=False),
+    lambda: list(read_rows(__import__("pathlib").Path(path))),
+    lambda: load_glove(path, Vocab(["<pad>", "<unk>", "a"]), 2, progress=False, use_cache=False),
+    lambda: load_config(path),
+    lambda: Vocab.load(path),
+    lambda: load_checkpoint(path),
+):
+    try:
+        read()
+    except SpinnError as err:
+        print(err)
+out = sys.argv[2]
+status = train_main(["--config", sys.argv[3], "--set", f"data.train={path}", "--set", f"train.out_dir={out}"])
+print(status)
+"""
+
+
+@pytest.mark.parametrize("kind", ["unreadable", "folder"])
+def test_an_unreadable_file_or_a_folder_is_one_line_naming_it_at_every_read_site(kind):
+    shared = Path(tempfile.mkdtemp())  # not under pytest's folders, which only their owner may enter
+    shared.chmod(0o777)
+    try:
+        _read_as_nobody(shared, kind)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _read_as_nobody(shared, kind):
+    path = shared / "train.jsonl"
+    if kind == "folder":
+        path.mkdir()
+        expected = f"{path}: is a folder, expected a "
+    else:
+        path.write_text("{}\n")
+        path.chmod(0)
+        expected = f"{path}: permission denied, cannot read this "
+    config = shared / "c.yaml"
+    config.write_text("vocab:\n  glove: null\nmodel:\n  freeze_embeddings: false\n")
+    config.chmod(0o644)
+    proc = subprocess.run(
+        [sys.executable, "-c", _READERS, str(path), str(shared / "run"), str(config)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(shared)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 7 and lines[-1] == "2", (proc.stdout, proc.stderr)
+    assert all(line.startswith(expected) for line in lines[:5]), lines
+    # A folder given as a checkpoint means its best.pt.
+    assert lines[5].startswith(f"{path}/best.pt: no such" if kind == "folder" else expected), lines
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: data.train: {expected}"), proc.stderr
+    assert not (shared / "run").exists()
+
+
+def test_a_line_longer_than_the_cap_is_refused_before_it_is_read_whole(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    row = {"gold_label": "neutral", "sentence1_binary_parse": "( a b )", "sentence2_binary_parse": "( a b )"}
+    long_row = {**row, "sentence1": "x" * MAX_LINE_BYTES}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(long_row) + "\n")
+    expected = f"{path}:2: a line longer than {MAX_LINE_BYTES:,} bytes, expected one record per line"
+    with pytest.raises(SpinnError, match=expected):
+        read_nli(path, progress=False)
+    with pytest.raises(SpinnError, match=expected):
+        list(read_rows(path))

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from spinn.data.cache import cache_path, load_cache, save_cache, source_key
 from spinn.data.vocab import PAD_ID, Vocab
 from spinn.errors import SpinnError, at
+from spinn.io import check_readable, read_lines
 
 _PROGRESS_EVERY = 16384
 #: Below this fraction of vocabulary words found, `load_glove` warns.
@@ -111,9 +112,7 @@ def load_glove(
         SpinnError: a missing, truncated or corrupt file, a zip without a matching member, a line whose
             number of values is not `dim` (naming the file and line), or no vocabulary word found.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SpinnError(f"{path}: no such GloVe file")
+    path = check_readable(path, "GloVe file")
     if dim < 1:
         raise SpinnError(f"GloVe dim must be >= 1, found {dim}")
     key = {"source": source_key(path), "dim": dim, "vocab": vocab.content_hash(), "seed": seed}
@@ -177,7 +176,7 @@ def _scan(
     progress: bool,
 ) -> None:
     with tqdm(total=size, unit="B", unit_scale=True, desc=Path(name).name, disable=not progress) as bar:
-        for line_no, line in enumerate(stream, 1):
+        for line_no, line in read_lines(stream, name):
             if line_no == 1 and line.startswith(_BOM):
                 line = line[len(_BOM) :]
             if line_no % _PROGRESS_EVERY == 0:

@@ -45,6 +45,7 @@ from typing import Any
 from tqdm import tqdm
 
 from spinn.errors import ParseError, SpinnError, at
+from spinn.io import check_readable, open_input, read_lines
 from spinn.transitions import REDUCE, SHIFT, parse_to_transitions
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -123,9 +124,7 @@ def read_nli(
             format, or (without ``skip_invalid``) a row is invalid; the message names the file, line
             and field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SpinnError(f"{path}: no such file (expected an SNLI/MultiNLI .jsonl or .txt file)")
+    path = check_readable(path, "file")
     suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
     if suffix not in (".jsonl", ".txt"):
         raise SpinnError(f"{path}: unknown format {suffix!r}, expected .jsonl or .txt (optionally .gz)")
@@ -330,7 +329,7 @@ def _lines(
 ) -> Iterator[tuple[int, bytes]]:
     """Yield (line number, raw line) with a progress bar over the bytes of the file on disk."""
     start, end = byte_range
-    with open(path, "rb") as raw:
+    with open_input(path, "data file") as raw:
         raw.seek(start)
         stream = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw
         stop = math.inf if end is None else end
@@ -340,7 +339,7 @@ def _lines(
         line_no = first_line - 1
         try:
             pos = start
-            for line_no, line in enumerate(stream, first_line):
+            for line_no, line in read_lines(stream, str(path), first_line):
                 if pos >= stop:
                     break
                 if pos == 0 and line.startswith(_BOM):
