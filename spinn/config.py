@@ -132,6 +132,10 @@ class DataConfig:
     #: format sst: train on every labelled phrase (each node of each training tree, distinct ones
     #: once), not only the sentences; dev and test are always scored on whole sentences.
     phrases: bool = False
+    #: Refuse a pair whose binary parse has other words than its sentence1/sentence2 text (compared
+    #: without spaces and punctuation): a damaged or shifted row. false: keep such pairs and count them,
+    #: for corpora whose tokenisation changes the words.
+    check_text: bool = True
 
     def path(self, name: str | None) -> Path | None:
         """`name` resolved against `data_dir`; None stays None."""

@@ -131,6 +131,7 @@ def read_table(
         progress=progress,
         max_length=data.max_length,
         too_long=data.too_long,
+        check_text=data.check_text,
     )
     if data.limit is None:
         table = load_nli(path, cache_dir=data.cache_dir, **options)

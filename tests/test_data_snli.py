@@ -54,7 +54,9 @@ def test_gzip_and_tsv_give_the_same_examples(tmp_path):
     with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     gz = read_nli(tmp_path / "a.jsonl.gz", progress=False)
-    lines = [TSV_HEADER] + [f"{r['gold_label']}\t{P1}\t{P2}\tx\ty\t{r['pairID']}" for r in rows]
+    lines = [TSV_HEADER] + [
+        f"{r['gold_label']}\t{P1}\t{P2}\tA dog runs\tThe dog moves\t{r['pairID']}" for r in rows
+    ]
     (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
     tsv = read_nli(tmp_path / "a.txt", progress=False)
     with gzip.open(tmp_path / "b.txt.gz", "wt") as f:

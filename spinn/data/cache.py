@@ -247,6 +247,7 @@ def load_nli(
     workers: int = 1,
     max_length: int | None = None,
     too_long: str = "error",
+    check_text: bool = True,
 ) -> NLITable:
     """`spinn.data.snli.read_nli` into an `NLITable`, cached so that a second call skips parsing.
 
@@ -257,6 +258,7 @@ def load_nli(
         workers: processes that parse an uncompressed ``.jsonl`` of at least 64 MB in parallel, one
             contiguous part each (no progress bar then); other files are read in this process.
         max_length, too_long: the sentence length policy of `spinn.data.snli.read_nli`.
+        check_text: as in `spinn.data.snli.read_nli`.
 
     Raises:
         SpinnError: as `read_nli`.
@@ -267,11 +269,14 @@ def load_nli(
         "skip_invalid": skip_invalid,
         "max_length": max_length,
         "too_long": too_long,
+        "check_text": check_text,
     }
     if use_cache:
         tag = "nli" + ("-lower" if lowercase else "") + ("-skip" if skip_invalid else "")
         if max_length is not None:
             tag += f"-max{max_length}{too_long}"
+        if not check_text:
+            tag += "-textunchecked"
         target = cache_path(path, tag, cache_dir)
         key = {"source": source_key(path) if path.is_file() else None, "options": options}
         payload = load_cache(target, key)
