@@ -61,8 +61,8 @@ def atomic_write(path: str | Path, *, binary: bool = False, what: str = "the fil
     """Open a temporary file that replaces `path` when the ``with`` block ends without an error.
 
     Creates the parent folders. On any error or signal inside the block, `path` keeps its old contents
-    and the temporary file is removed. An OSError inside the block counts as the file's: a block that
-    also reads other files or the network reports their errors itself.
+    and the temporary file and the folders made for it are removed. An OSError inside the block counts
+    as the file's: a block that also reads other files or the network reports their errors itself.
 
     Raises:
         WriteError: an OSError while creating, writing, flushing or renaming (also when torch.save
@@ -71,6 +71,9 @@ def atomic_write(path: str | Path, *, binary: bool = False, what: str = "the fil
     """
     path = Path(path)
     tmp: Path | None = None
+    # The folders this write creates, deepest first: a failed write removes them again.
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    done = False
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,13 +99,17 @@ def atomic_write(path: str | Path, *, binary: bool = False, what: str = "the fil
             os.fsync(raw.fileno())
             raw.close()
             os.replace(tmp, path)
+            done = True
         except OSError as err:
             with contextlib.suppress(OSError):
                 raw.close()
             raise _write_error(path, what, err) from None
     finally:
-        if tmp is not None:
+        if tmp is not None and not done:
             tmp.unlink(missing_ok=True)
+        for folder in created if not done else ():
+            with contextlib.suppress(OSError):  # only while empty
+                folder.rmdir()
 
 
 def _write_error(path: Path, what: str, err: OSError) -> WriteError:

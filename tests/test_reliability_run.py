@@ -460,3 +460,17 @@ def test_a_parse_whose_words_differ_from_its_sentence_is_refused_or_counted(tmp_
     assert len(data.examples) == 2 and data.text_differs == 1
     assert "kept 1 pair(s) whose parse words differ from their sentence text" in capsys.readouterr().err
     assert len(read_nli(path, progress=False, skip_invalid=True).examples) == 1
+
+
+def test_a_failed_download_or_evaluation_creates_no_folder(trained, tmp_path, capsys):
+    from spinn.data.download import main as download_main
+
+    root = tmp_path / "new" / "data"
+    argv = ["snli", "--root", str(root), "--no-progress", "--base-url", "http://127.0.0.1:9"]
+    assert "download failed" in user_error(download_main, argv, capsys)
+    assert not (tmp_path / "new").exists()
+    output = tmp_path / "out" / "sub" / "predictions.jsonl"
+    with file_size_limit(100):
+        assert evaluate_main(["--checkpoint", str(trained), "--no-progress", "--output", str(output)]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "out").exists()

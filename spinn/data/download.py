@@ -114,14 +114,14 @@ def download(
     if expected is not None:
         expected = ":".join(_split_checksum(expected))
     source = url or (f"{base_url.rstrip('/')}/{res.archive}" if base_url else res.url)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(root)  # created by the first file written into it: a failed download leaves no folder
     marker = root / f".{name}.done.json"
     done = _completed(marker, root, expected)
     if done is not None:
         return done
 
     archive = root / res.archive
+    made_root = not root.exists()
     if not (archive.is_file() and expected is not None and _digest(archive, expected) == expected):
         _fetch(source, archive, progress)
         if expected is None:
@@ -134,6 +134,8 @@ def download(
             found = _digest(archive, expected)
             if found != expected:
                 archive.unlink()
+                if made_root:
+                    root.rmdir()
                 raise SpinnError(
                     f"{source}: checksum mismatch, expected {expected} but the download has {found}"
                 )
