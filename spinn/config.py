@@ -460,9 +460,11 @@ def check_finite(cfg: Config) -> None:
         ConfigError: naming the first key with a NaN or an infinity.
     """
     for section, values in config_to_dict(cfg).items():
-        for name, value in values.items():
+        items = values.items() if isinstance(values, dict) else [(None, values)]  # top-level keys (task)
+        for name, value in items:
             if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{section}.{name}: expected a finite number, found {value}")
+                key = section if name is None else f"{section}.{name}"
+                raise ConfigError(f"{key}: expected a finite number, found {value}")
 
 
 def diff_configs(old: Config, new: Config) -> list[tuple[str, Any, Any]]:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from spinn.data.snli import MAX_REASONS, TOO_LONG_POLICIES, NLIData, NLIExample, truncate_transitions
 from spinn.errors import ParseError, SpinnError, at
+from spinn.io import check_readable, open_input, read_lines
 from spinn.transitions import REDUCE, parse_to_transitions, right_branching
 
 FORMATS = ("sst", "tsv")
@@ -86,8 +87,7 @@ def read_classify(
     path = Path(path)
     if fmt not in FORMATS:
         raise SpinnError(f"{path}: unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise SpinnError(f"{path}: no such file (expected {_describe(fmt)})")
+    check_readable(path, f"file ({_describe(fmt)})")
     if too_long not in TOO_LONG_POLICIES:
         raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
     if fmt == "sst":
@@ -140,8 +140,8 @@ def _describe(fmt: str) -> str:
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of the non-blank lines; a UTF-8 byte-order mark is dropped."""
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
+    with open_input(path) as f:
+        for line_no, raw in read_lines(f, str(path)):
             try:
                 text = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
             except UnicodeDecodeError as err:

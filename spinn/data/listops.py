@@ -29,6 +29,7 @@ from pathlib import Path
 
 from spinn import cli
 from spinn.errors import SpinnError
+from spinn.io import write_text
 
 MIN, MAX, MED, SUM_MOD = "[MIN", "[MAX", "[MED", "[SM"
 OPERATORS = (MIN, MAX, MED, SUM_MOD)
@@ -170,9 +171,7 @@ def write_splits(
     for name, n in sizes.items():
         paths[name] = out / f"{name}.tsv"
         rows = "".join(f"{label}\t{parse}\n" for label, parse in examples(n, rng, max_length))
-        tmp = paths[name].with_suffix(".tsv.tmp")
-        tmp.write_text(rows, encoding="utf-8")
-        tmp.replace(paths[name])
+        write_text(paths[name], rows, what=f"the {name} split")
     return paths
 
 
