@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import multiprocessing
+import os
 import stat
 import warnings
 from collections import defaultdict
