@@ -15,6 +15,7 @@ from spinn.data.snli import LABELS, read_nli
 from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError
 from spinn.model import SPINN, NLIClassifier, Reduce, SPINNOutput, Tracker
+from spinn.predict import Prediction, Predictor, load
 from spinn.transitions import (
     REDUCE,
     SHIFT,
@@ -34,6 +35,9 @@ __all__ = [
     "SPINNOutput",
     "Tracker",
     "LABELS",
+    "Prediction",
+    "Predictor",
+    "load",
     "BucketBatchSampler",
     "NLIBatch",
     "NLIDataset",

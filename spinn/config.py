@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from spinn.cli import DEVICE_NAMES, is_device_name
+from spinn.data import sample
 from spinn.data.classify import FORMATS, SST_LABELS, label_names
 from spinn.data.snli import LABELS, TOO_LONG_POLICIES
 from spinn.errors import SpinnError
@@ -96,9 +97,11 @@ class DataConfig:
     """Where the data files are, and how to read them.
 
     ``train``/``dev``/``test`` (and ``vocab.glove``) are relative to ``data_dir`` unless absolute;
-    ``data_dir`` is relative to the current directory.
+    ``data_dir`` is relative to the current directory, or ``spinn:sample``: the SNLI and GloVe sample
+    shipped inside the package (`spinn.data.sample`), wherever it is installed.
     """
 
+    #: A folder, or spinn:sample for the sample inside the package.
     data_dir: str = "data"
     train: str = "snli_1.0/snli_1.0_train.jsonl"
     dev: str = "snli_1.0/snli_1.0_dev.jsonl"
@@ -137,12 +140,16 @@ class DataConfig:
     #: for corpora whose tokenisation changes the words.
     check_text: bool = True
 
+    def root(self) -> Path:
+        """The folder `data_dir` names: the embedded sample's for ``spinn:sample``."""
+        return sample.SAMPLE_DIR if self.data_dir == sample.SAMPLE else Path(self.data_dir).expanduser()
+
     def path(self, name: str | None) -> Path | None:
         """`name` resolved against `data_dir`; None stays None."""
         if name is None:
             return None
         p = Path(name).expanduser()
-        return p if p.is_absolute() else Path(self.data_dir).expanduser() / p
+        return p if p.is_absolute() else self.root() / p
 
 
 @dataclass

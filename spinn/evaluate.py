@@ -396,7 +396,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise SpinnError(
             f"the run's config has no {args.split} split (data.{args.split} is null); use --data FILE"
         )
-    if not args.data and not path.exists() and not Path(cfg.data.data_dir).expanduser().is_absolute():
+    if not args.data and not path.exists() and not cfg.data.root().is_absolute():
         raise SpinnError(
             f"{path}: no such file; the run's config has data.data_dir {cfg.data.data_dir!r}, which is read "
             f"relative to the current folder ({Path.cwd()}): run from the folder it trained in, or pass "

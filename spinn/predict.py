@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,6 +41,8 @@ from spinn.io import atomic_write, check_readable, to_json
 from spinn.tokenize import tokenize
 from spinn.transitions import TRIVIAL_TREES, balanced, parse_to_transitions, transitions_to_parse
 
+#: How the full SPINN reads a sentence: parsed by itself, or along the given binary parse.
+TRANSITIONS = ("predicted", "given")
 #: Column names of the premise and of the hypothesis, in order of preference.
 PREMISE_FIELDS = ("sentence1_binary_parse", "sentence1", "premise")
 HYPOTHESIS_FIELDS = ("sentence2_binary_parse", "sentence2", "hypothesis")
@@ -120,69 +122,201 @@ def read_pairs(path: Path, *, single: bool = False) -> list[Pair]:
     return pairs
 
 
-@torch.no_grad()
-def predict(
-    loaded: LoadedModel, pairs: list[Pair], *, device: torch.device, batch_size: int = 64
-) -> Iterator[dict[str, Any]]:
-    """Label `pairs` in batches; yield one record per pair, in order. A single-sentence classifier
-    reads each pair's premise as its sentence, and its records name it ``sentence``.
+@dataclass
+class Prediction:
+    """The label of one pair (or single sentence), its class probabilities, and the tree each sentence
+    was read as.
 
-    Raises:
-        SpinnError: an empty or malformed sentence (naming the pair).
+    A tree is a binary parse such as ``( ( a dog ) runs )``; its source is ``"given"`` (the text was
+    a binary parse), ``"predicted"`` (the full SPINN's own transitions), ``"balanced"`` (raw text read
+    as a balanced tree by a model that cannot parse), or the trivial tree a model was trained on
+    (``data.transitions``). A single sentence to classify is a premise without hypothesis.
     """
-    model, vocab = loaded.model, loaded.vocab
-    lowercase = loaded.config.data.lowercase
-    names = class_names(loaded.config)
-    trees = loaded.config.data.transitions
-    sides = ("premise", "hypothesis") if model.sentence_pairs else ("sentence",)
-    predicts = model.variant == "spinn" and not model.eval_given_transitions
-    raw = 0
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
+
+    label: str
+    #: Class name -> probability, in the order of the model's classes.
+    probabilities: dict[str, float]
+    premise: str
+    premise_tree: str
+    premise_tree_source: str
+    hypothesis: str | None = None
+    hypothesis_tree: str | None = None
+    hypothesis_tree_source: str | None = None
+    pair_id: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON line ``scripts/predict.py`` writes (probabilities rounded to 6 places); a single
+        sentence is named ``sentence``."""
+        record: dict[str, Any] = {} if self.pair_id is None else {"pairID": self.pair_id}
+        record["label"] = self.label
+        record["probabilities"] = {name: round(p, 6) for name, p in self.probabilities.items()}
+        single = self.hypothesis is None
+        for side in ("premise",) if single else ("premise", "hypothesis"):
+            name = "sentence" if single else side
+            for suffix in ("", "_tree", "_tree_source"):
+                record[name + suffix] = getattr(self, side + suffix)
+        return record
+
+
+class Predictor:
+    """A trained classifier ready for raw text: the model, its vocabulary and its tokenizer.
+
+    Build one with `load`. Each sentence is raw text (tokenised by `spinn.tokenize.tokenize`, lower-cased
+    when the model was trained so) or a binary parse; see this module's docstring for which tree each
+    model reads it as.
+
+    Attributes:
+        model: the `spinn.model.NLIClassifier`, in eval mode on `device`.
+        vocab: its `spinn.data.vocab.Vocab`; config: the run's resolved `spinn.config.Config`.
+        path: the checkpoint file it was read from; step: the optimiser steps it was trained for.
+        device: where the model runs.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+        self.model, self.vocab, self.config = loaded.model, loaded.vocab, loaded.config
+        self.path, self.step = loaded.path, loaded.step
+        self.device = device
+
+    def predict(self, pairs: Iterable[tuple[str, str] | str], *, batch_size: int = 64) -> list[Prediction]:
+        """Label (premise, hypothesis) pairs of sentences (a classify checkpoint: single sentences), in
+        order.
+
+        Example: ``clf.predict([("A man is sleeping.", "A person rests.")])[0].label``.
+
+        Raises:
+            SpinnError: an item that is not a pair of strings (a classify checkpoint: not a string), an
+                empty or malformed sentence, or a sentence none of whose words the model knows (each
+                naming the pair).
+        """
+        return list(self.predictions(pairs, batch_size=batch_size))
+
+    def predictions(
+        self, pairs: Iterable[tuple[str, str] | str | Pair], *, batch_size: int = 64
+    ) -> Iterator[Prediction]:
+        """`predict`, lazily: labels each batch of `batch_size` pairs as it is reached (for large inputs)."""
+        if batch_size < 1:
+            raise SpinnError(f"batch_size: expected a value > 0, found {batch_size}")
+        chunk: list[Pair] = []
+        raw = 0
+        for i, item in enumerate(pairs, 1):
+            chunk.append(_as_pair(item, i, single=not self.model.sentence_pairs))
+            if len(chunk) == batch_size:
+                raw += yield from self._label(chunk, i - len(chunk))
+                chunk = []
+        if chunk:
+            raw += yield from self._label(chunk, i - len(chunk))
+        if raw:
+            variant = self.model.variant
+            why = "with transitions='given'" if variant == "spinn" else f"{variant} cannot parse"
+            warnings.warn(
+                f"{why}: {raw} raw-text sentence(s) were read as balanced binary trees; give binary "
+                "parses (as in SNLI's sentence*_binary_parse) for the trees it was trained on",
+                stacklevel=2,
+            )
+
+    def _read(self, chunk: list[Pair], before: int) -> list[list[Sentence]]:
+        """The sentences of a batch (`before` pairs came earlier) as the model was trained to read them,
+        each with a word the model knows."""
+        lowercase, trees = self.config.data.lowercase, self.config.data.transitions
+        sides = ("premise", "hypothesis") if self.model.sentence_pairs else ("sentence",)
         sentences = []
-        for i, p in enumerate(chunk):
-            texts = (p.premise, p.hypothesis)[: len(sides)]
-            read = [
-                _as_trained(
-                    read_sentence(text, lowercase=lowercase, where=f"pair {start + i + 1}: {side}"), trees
-                )
-                for side, text in zip(sides, texts, strict=True)
-            ]
-            for side, sentence in zip(sides, read, strict=True):
-                if not any(t in vocab for t in sentence.tokens):
+        for i, p in enumerate(chunk, before + 1):
+            read = []
+            for side, text in zip(sides, (p.premise, p.hypothesis), strict=False):
+                s = _as_trained(read_sentence(text, lowercase=lowercase, where=f"pair {i}: {side}"), trees)
+                if not any(t in self.vocab for t in s.tokens):
                     raise SpinnError(
-                        f"pair {start + i + 1}: {side}: none of its {len(sentence.tokens)} words is in the "
-                        f"model's vocabulary ({' '.join(sentence.tokens[:8])}), expected at least one known "
-                        "word"
+                        f"pair {i}: {side}: none of its {len(s.tokens)} words is in the model's "
+                        f"vocabulary ({' '.join(s.tokens[:8])}), expected at least one known word"
                     )
+                read.append(s)
             sentences.append(read)
-        items = [_item(read, vocab, str(i)) for i, read in enumerate(sentences)]
-        out = model(collate_nli(items).to(device))
+        return sentences
+
+    @torch.no_grad()
+    def _label(self, chunk: list[Pair], before: int) -> Generator[Prediction, None, int]:
+        """Yield the predictions of one batch (`before` pairs came earlier); return how many sentences
+        were raw text read as balanced trees."""
+        sentences = self._read(chunk, before)
+        out = self.model(
+            collate_nli([_item(read, self.vocab, str(i)) for i, read in enumerate(sentences)]).to(self.device)
+        )
         probs = out.logits.float().softmax(dim=1).cpu()
+        names = class_names(self.config)
+        predicts = self.model.variant == "spinn" and not self.model.eval_given_transitions
+        raw = 0
         for i, (pair, read) in enumerate(zip(chunk, sentences, strict=True)):
-            record: dict[str, Any] = {} if pair.pair_id is None else {"pairID": pair.pair_id}
-            record["label"] = names[int(probs[i].argmax())]
-            record["probabilities"] = {
-                name: round(float(p), 6) for name, p in zip(names, probs[i], strict=True)
-            }
-            for name, s, side in zip(sides, read, (out.premise, out.hypothesis), strict=False):
+            fields: dict[str, str] = {}
+            for side, s, encoded in zip(
+                ("premise", "hypothesis"), read, (out.premise, out.hypothesis), strict=False
+            ):
                 if predicts:
-                    steps = side.predicted_transitions[i, : 2 * len(s.tokens) - 1].tolist()
+                    steps = encoded.predicted_transitions[i, : 2 * len(s.tokens) - 1].tolist()
                     tree, how = transitions_to_parse(s.tokens, steps), "predicted"
                 else:
                     tree, how = transitions_to_parse(s.tokens, s.transitions), s.source
                     raw += how == "raw"
-                record[name] = s.text
-                record[f"{name}_tree"] = tree
-                record[f"{name}_tree_source"] = "balanced" if how == "raw" else how
-            yield record
-    if raw:
-        why = "with --transitions given" if model.variant == "spinn" else f"{model.variant} cannot parse"
-        warnings.warn(
-            f"{why}: {raw} raw-text sentence(s) were read as balanced binary trees; "
-            "give binary parses (as in SNLI's sentence*_binary_parse) for the trees it was trained on",
-            stacklevel=2,
-        )
+                fields |= {
+                    side: s.text,
+                    f"{side}_tree": tree,
+                    f"{side}_tree_source": "balanced" if how == "raw" else how,
+                }
+            yield Prediction(
+                label=names[int(probs[i].argmax())],
+                probabilities=dict(zip(names, probs[i].tolist(), strict=True)),
+                pair_id=pair.pair_id,
+                **fields,
+            )
+        return raw
+
+
+def _as_pair(item: Any, number: int, *, single: bool) -> Pair:
+    if isinstance(item, Pair):
+        return item
+    if single and isinstance(item, str):
+        return Pair(item, None)
+    if (
+        not single
+        and isinstance(item, tuple | list)
+        and len(item) == 2
+        and all(isinstance(s, str) for s in item)
+    ):
+        return Pair(item[0], item[1])
+    shown = repr(item) if len(repr(item)) <= 60 else repr(item)[:57] + "..."
+    expected = (
+        "a sentence (this model classifies single sentences)"
+        if single
+        else "a (premise, hypothesis) pair of strings"
+    )
+    raise SpinnError(f"pair {number}: expected {expected}, found {shown}")
+
+
+def load(path: str | Path, *, device: str = "auto", transitions: str = "predicted") -> Predictor:
+    """A trained classifier from a run folder (its ``best.pt``) or a checkpoint file, ready to predict.
+
+    Example::
+
+        clf = spinn.load("runs/small")
+        [p.label for p in clf.predict([("A man is sleeping.", "A person rests.")])]
+
+    Args:
+        path: a run folder or a checkpoint file written by ``scripts/train.py``.
+        device: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps.
+        transitions: the full SPINN only: ``"predicted"`` parses each sentence itself, ``"given"``
+            follows given binary parses (raw text then reads as a balanced tree); the other variants
+            always follow given parses.
+
+    Raises:
+        SpinnError: a missing, unreadable or foreign checkpoint (naming the path), an unknown device,
+            or an unknown `transitions`.
+    """
+    if transitions not in TRANSITIONS:
+        raise SpinnError(f"transitions: expected one of {', '.join(TRANSITIONS)}, found {transitions!r}")
+    resolved = cli.resolve_device(device)
+    loaded = load_model(path, resolved)
+    if loaded.model.variant == "spinn":
+        loaded.model.eval_given_transitions = transitions == "given"
+    return Predictor(loaded, resolved)
 
 
 def _as_trained(sentence: Sentence, trees: str) -> Sentence:
@@ -229,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="write JSON lines here instead of to stdout")
     parser.add_argument(
         "--transitions",
-        choices=("predicted", "given"),
+        choices=TRANSITIONS,
         default="predicted",
         help="full SPINN only: parse with its own predicted transitions (default), or follow given parses",
     )
@@ -248,26 +382,25 @@ def run_predict(args: argparse.Namespace) -> int:
         raise SpinnError("give either --input FILE or --premise/--hypothesis (--sentence), not both")
     if args.batch_size < 1:
         raise SpinnError(f"--batch-size: expected a value > 0, found {args.batch_size}")
-    device = cli.resolve_device(args.device)
-    loaded = load_model(args.checkpoint, device)
-    single = not loaded.model.sentence_pairs
+    predictor = load(args.checkpoint, device=args.device, transitions=args.transitions)
+    single = not predictor.model.sentence_pairs
     if args.input is None and single and (args.sentence is None or len(texts) > 1):
-        raise SpinnError(f"{loaded.path} classifies single sentences: give --sentence TEXT or --input FILE")
+        raise SpinnError(
+            f"{predictor.path} classifies single sentences: give --sentence TEXT or --input FILE"
+        )
     if (
         args.input is None
         and not single
         and (args.premise is None or args.hypothesis is None or args.sentence)
     ):
         raise SpinnError(
-            f"{loaded.path} labels sentence pairs: give --premise and --hypothesis, or --input FILE"
+            f"{predictor.path} labels sentence pairs: give --premise and --hypothesis, or --input FILE"
         )
-    if loaded.model.variant == "spinn":
-        loaded.model.eval_given_transitions = args.transitions == "given"
     if args.input is not None:
         pairs = read_pairs(Path(args.input), single=single)
     else:
         pairs = [Pair(args.sentence, None) if single else Pair(args.premise, args.hypothesis)]
-    records = predict(loaded, pairs, device=device, batch_size=args.batch_size)
+    records = (p.to_record() for p in predictor.predictions(pairs, batch_size=args.batch_size))
     if args.output is None:
         _write(records, sys.stdout)
     else:

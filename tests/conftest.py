@@ -27,12 +27,12 @@ def cache_dir(tmp_path_factory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(data_dir, tmp_path_factory):
-    """train.py arguments for 48 training and 24 dev rows of the real SNLI files and the real GloVe
-    rows (cached once per test module), with a tiny model (tests/tiny_runs.py)."""
+def tiny_data(tmp_path_factory):
+    """train.py arguments for 48 training and 24 dev rows of the sample inside the package and its
+    GloVe rows (cached once per test module), with a tiny model (tests/tiny_runs.py)."""
     from tiny_runs import tiny_data_args
 
-    return tiny_data_args(data_dir, tmp_path_factory.mktemp("data"))
+    return tiny_data_args(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
-"""Small SNLI-style rows and files for the reader tests, and samples of the real SNLI files."""
+"""Small SNLI-style rows and files for the reader tests, and the first rows of the embedded sample."""
 
+import gzip
 import json
 from pathlib import Path
+
+from spinn.data.sample import DEV, GLOVE, SAMPLE_DIR, TRAIN
 
 P1 = "( ( A dog ) runs )"
 P2 = "( The ( dog moves ) )"
@@ -26,16 +29,16 @@ def write_jsonl(path, rows):
     return path
 
 
-def first_rows(data_dir: Path, folder: Path, train: int, dev: int) -> list[str]:
-    """Write the first rows of the real SNLI train sample and dev set into folder; return the config
-    overrides that train on them with the real GloVe rows."""
-    for name, rows in (("snli_1.0_train_0.01.jsonl", train), ("snli_1.0_dev.jsonl", dev)):
-        with open(data_dir / "snli_1.0" / name, encoding="utf-8") as f:
+def first_rows(folder: Path, train: int, dev: int) -> list[str]:
+    """Write the first rows of the embedded sample's SNLI train and dev files into folder, uncompressed;
+    return the config overrides that train on them with the sample's GloVe rows."""
+    for name, source, rows in (("snli_1.0_train_0.01.jsonl", TRAIN, train), ("snli_1.0_dev.jsonl", DEV, dev)):
+        with gzip.open(SAMPLE_DIR / source, "rt", encoding="utf-8") as f:
             (folder / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
     return [
         f"data.data_dir={folder}",
         "data.train=snli_1.0_train_0.01.jsonl",
         "data.dev=snli_1.0_dev.jsonl",
         f"data.cache_dir={folder / 'cache'}",
-        f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+        f"vocab.glove={SAMPLE_DIR / GLOVE}",
     ]

@@ -234,12 +234,12 @@ def _clean_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
-def test_torchrun_train_resume_then_single_process_evaluate(data_dir, tmp_path):
+def test_torchrun_train_resume_then_single_process_evaluate(tmp_path):
     """torchrun with 2 CPU processes: 3 steps then resume to 5 equals 5 steps at once (dropout and
     batch norm on); then scripts/evaluate.py on the checkpoint in one process."""
     run = tmp_path / "run"
     overrides = [
-        *first_rows(data_dir, tmp_path, train=96, dev=41),
+        *first_rows(tmp_path, train=96, dev=41),
         "data.test=snli_1.0_dev.jsonl",  # a test split too: its evaluation is sharded over the ranks
         "model.d_hidden=16",
         "model.d_tracker=8",
@@ -329,10 +329,10 @@ def _non_finite_worker(rank: int, port: int, argv: list[str], out_dir: str) -> N
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"code": code, "err": err.getvalue()}))
 
 
-def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(data_dir, tmp_path):
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
     run = tmp_path / "run"
     overrides = [
-        *first_rows(data_dir, tmp_path, train=64, dev=16),
+        *first_rows(tmp_path, train=64, dev=16),
         "model.d_embed=50",
         "model.d_hidden=8",
         "model.d_tracker=4",

@@ -31,9 +31,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def tiny_data(data_dir, tmp_path_factory):
-    """The first rows of the real SNLI train sample and dev set, and the real GloVe file."""
-    return first_rows(data_dir, tmp_path_factory.mktemp("data"), train=96, dev=80)
+def tiny_data(tmp_path_factory):
+    """The first rows of the embedded sample's SNLI train and dev files, and its GloVe rows."""
+    return first_rows(tmp_path_factory.mktemp("data"), train=96, dev=80)
 
 
 def _log(run_dir: Path, split: str) -> list[dict]:

@@ -1,10 +1,13 @@
-"""The tiny training setup the reliability tests share: 48 training and 24 dev rows of the real SNLI
-files, the real GloVe rows, a model of a few thousand weights (the fixtures are in conftest.py)."""
+"""The tiny training setup the reliability tests share: 48 training and 24 dev rows of the sample
+inside the package, its GloVe rows, a model of a few thousand weights (the fixtures are in
+conftest.py)."""
 
+import gzip
 from pathlib import Path
 
 import pytest
 
+from spinn.data.sample import DEV, GLOVE, SAMPLE_DIR, TRAIN
 from spinn.errors import SpinnError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +28,10 @@ def sets(*overrides):
     return [a for o in overrides for a in ("--set", o)]
 
 
-def tiny_data_args(data_dir, root):
+def tiny_data_args(root):
     """Write the tiny train and dev files under `root`; the train.py arguments that read them."""
-    for name, rows in (("train.jsonl", 48), ("dev.jsonl", 24)):
-        source = "snli_1.0_train_0.01.jsonl" if name == "train.jsonl" else "snli_1.0_dev.jsonl"
-        with open(data_dir / "snli_1.0" / source, encoding="utf-8") as f:
+    for name, source, rows in (("train.jsonl", TRAIN, 48), ("dev.jsonl", DEV, 24)):
+        with gzip.open(SAMPLE_DIR / source, "rt", encoding="utf-8") as f:
             (root / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
     return [
         "--config",
@@ -40,7 +42,7 @@ def tiny_data_args(data_dir, root):
             "data.train=train.jsonl",
             "data.dev=dev.jsonl",
             f"data.cache_dir={root / 'cache'}",
-            f"vocab.glove={data_dir / 'glove' / 'glove.6B.50d.subset.txt'}",
+            f"vocab.glove={SAMPLE_DIR / GLOVE}",
         ),
     ]
 
