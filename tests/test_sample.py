@@ -59,7 +59,12 @@ def test_small_yaml_names_the_sample_from_any_working_folder(tmp_path, monkeypat
 
 def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(tmp_path):
     """The small config for two tiny steps, from an empty folder, with no ../shared in reach."""
-    before = sorted(p.name for p in sample.SAMPLE_DIR.iterdir())
+    # The spinn a command started from another folder imports (the installed one, where installed).
+    where = [sys.executable, "-c", "from spinn.data import sample; print(sample.SAMPLE_DIR)"]
+    shipped = Path(
+        subprocess.run(where, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    )
+    before = sorted(p.name for p in shipped.iterdir())
     overrides = [
         "model.d_hidden=8",
         "model.d_tracker=4",
@@ -79,10 +84,10 @@ def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(t
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"train: 5,498 pairs from {sample.SAMPLE_DIR / sample.TRAIN}" in proc.stdout
+    assert f"train: 5,498 pairs from {shipped / sample.TRAIN}" in proc.stdout
     assert "done (max_steps) after 2 steps" in proc.stdout
     assert (tmp_path / "runs" / "small" / "best.pt").is_file()
-    assert sorted(p.name for p in sample.SAMPLE_DIR.iterdir()) == before
+    assert sorted(p.name for p in shipped.iterdir()) == before
 
 
 def test_the_cutting_script_rebuilds_the_sample_byte_for_byte(data_dir, tmp_path):
