@@ -15,7 +15,6 @@ from spinn.data.snli import LABELS, read_nli
 from spinn.data.vocab import Vocab
 from spinn.errors import ParseError, SpinnError
 from spinn.model import SPINN, NLIClassifier, Reduce, SPINNOutput, Tracker
-from spinn.predict import Prediction, Predictor, load
 from spinn.transitions import (
     REDUCE,
     SHIFT,
@@ -59,3 +58,15 @@ __all__ = [
     "transitions_to_parse",
     "validate_transitions",
 ]
+
+#: Names of spinn.predict, imported when first used: importing it with the package would make
+#: ``python -m spinn.evaluate`` and ``python -m spinn.predict`` run modules already imported.
+_PREDICT_NAMES = ("Prediction", "Predictor", "load")
+
+
+def __getattr__(name: str) -> object:
+    if name in _PREDICT_NAMES:
+        from spinn import predict
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'spinn' has no attribute {name!r}")
