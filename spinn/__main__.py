@@ -18,6 +18,7 @@ COMMANDS = {
     "predict": "spinn.predict",
     "download": "spinn.data.download",
     "configs": "spinn.shipped",
+    "listops": "spinn.data.listops",
 }
 
 

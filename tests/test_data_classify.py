@@ -135,6 +135,8 @@ def test_length_policy(tmp_path):
     cut = read_classify(path, fmt="tsv", max_length=3, too_long="truncate")
     assert cut.examples[0].premise == ["[MAX", "2", "9"] and tree(cut.examples[0]) == "( ( [MAX 2 ) 9 )"
     assert len(read_classify(path, fmt="tsv", limit=1).examples) == 1
+    trees = write(tmp_path / "t.txt", SST[:1])  # one tree of five phrases
+    assert len(read_classify(trees, fmt="sst", sst_labels="fine", phrases=True, limit=3).examples) == 3
 
 
 def test_bad_training_file_stops_the_trainer_with_one_line_and_status_2(tmp_path):

@@ -99,7 +99,7 @@ def read_classify(
     data = NLIData(path=path, examples=[])
     seen: set[tuple] = set()
     for line_no, text in _lines(path):
-        if len(data.examples) == limit:
+        if limit is not None and len(data.examples) >= limit:
             break
         where = at(str(path), line_no)
         try:
@@ -116,15 +116,9 @@ def read_classify(
         if examples is None:
             data.no_gold += 1
             continue
-        for ex in examples:
-            if ex is None:  # skipped for its length
-                continue
-            if lowercase:
-                ex.premise = [w.lower() for w in ex.premise]
-            key = (tuple(ex.premise), tuple(ex.premise_transitions), ex.label)
-            if not (phrases and key in seen):
-                seen.add(key)
-                data.examples.append(ex)
+        _add(examples, data, seen if phrases else None, lowercase)
+    if limit is not None:
+        del data.examples[limit:]  # a tree's phrases can overshoot the limit
     if not (data.examples or data.no_gold or data.invalid or data.too_long):
         raise SpinnError(f"{path}: empty file, expected {_describe(fmt)}")
     if data.invalid:
@@ -132,6 +126,22 @@ def read_classify(
         for reason in data.invalid_reasons:
             print(f"  {reason}", file=sys.stderr)
     return data
+
+
+def _add(examples: list[NLIExample | None], data: NLIData, seen: set[tuple] | None, lowercase: bool) -> None:
+    """Append the examples of one line that were not skipped for their length, lower-cased if asked;
+    with `seen` (phrases), only those not seen before."""
+    for ex in examples:
+        if ex is None:
+            continue
+        if lowercase:
+            ex.premise = [w.lower() for w in ex.premise]
+        if seen is not None:
+            key = (tuple(ex.premise), tuple(ex.premise_transitions), ex.label)
+            if key in seen:
+                continue
+            seen.add(key)
+        data.examples.append(ex)
 
 
 def _describe(fmt: str) -> str:
