@@ -39,6 +39,8 @@ def run(
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of errors")
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
+    # A command's `set_threads` ends with it: commands also run inside other programs (and tests).
+    threads = torch.get_num_threads()
     try:
         with terminate_as_exception():
             return command(args)
@@ -62,6 +64,53 @@ def run(
         # flush from failing on the same pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    finally:
+        torch.set_num_threads(threads)
+
+
+def auto_threads() -> int:
+    """torch's intra-op thread count (its default, which honours ``OMP_NUM_THREADS``, unless changed),
+    capped by the CPUs this process may run on (its affinity: taskset, cpusets) shared evenly among the
+    processes torchrun starts on this machine (``LOCAL_WORLD_SIZE``); at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on macOS and Windows
+        cpus = os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, min(torch.get_num_threads(), cpus // processes))
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count for this process: `threads`, or `auto_threads` for None.
+
+    Returns:
+        The count set.
+
+    Raises:
+        SpinnError: `threads` below 1.
+    """
+    if threads is not None and threads < 1:
+        raise SpinnError(f"threads: expected a count >= 1 (or auto), found {threads}")
+    count = auto_threads() if threads is None else threads
+    torch.set_num_threads(count)
+    return count
+
+
+def threads_argument(text: str) -> int | None:
+    """argparse type of ``--threads``: a count >= 1, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or auto, found {text!r}")
+    return int(text)
+
+
+#: The help of every entry point's ``--threads``.
+THREADS_HELP = (
+    "CPU threads for torch's operators: a count, or auto (default): torch's default capped by the CPUs "
+    "this process may use, shared among torchrun's processes on the machine"
+)
 
 
 class Terminated(BaseException):  # noqa: N818 (named as KeyboardInterrupt is)

@@ -254,6 +254,10 @@ class TrainConfig:
     tensorboard: bool = False
     #: Show tqdm progress bars.
     progress: bool = True
+    #: CPU threads for torch's operators in each training process; null: auto, torch's default capped
+    #: by the CPUs this process may use, shared among torchrun's processes on the machine. On cores
+    #: busy with other work, fewer threads can train several times faster (docs/performance.md).
+    threads: int | None = None
     #: Background processes that pad the next training batches and work out their encoder schedules
     #: while the model trains (`spinn.data.batching.nli_batches`); 0: in the training process.
     loader_workers: int = 0
@@ -404,6 +408,7 @@ def validate(cfg: Config) -> None:
         "train.patience": t.patience,
         "data.limit": d.limit,
         "data.max_length": d.max_length,
+        "train.threads": t.threads,
     }
     for key, value in {**positive, **optional_positive}.items():
         if value is not None and value <= 0:

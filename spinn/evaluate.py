@@ -373,10 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="predictions JSON lines (default: predictions_<split>.jsonl next to the checkpoint)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--threads", type=cli.threads_argument, default=None, metavar="N|auto", help=cli.THREADS_HELP
+    )
     return parser
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    cli.set_threads(args.threads)
     device = cli.resolve_device(args.device)
     loaded = load_model(args.checkpoint, device)
     cfg = loaded.config

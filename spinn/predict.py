@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="pairs per batch (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--threads", type=cli.threads_argument, default=None, metavar="N|auto", help=cli.THREADS_HELP
+    )
     return parser
 
 
@@ -382,6 +385,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise SpinnError("give either --input FILE or --premise/--hypothesis (--sentence), not both")
     if args.batch_size < 1:
         raise SpinnError(f"--batch-size: expected a value > 0, found {args.batch_size}")
+    cli.set_threads(args.threads)
     predictor = load(args.checkpoint, device=args.device, transitions=args.transitions)
     single = not predictor.model.sentence_pairs
     if args.input is None and single and (args.sentence is None or len(texts) > 1):

@@ -338,7 +338,8 @@ def setup_model(cfg: Config, data: Data, device: torch.device) -> NLIClassifier:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     print(
-        f"model: {cfg.model.variant}, {trainable:,} trainable parameters, {frozen:,} frozen; device {device}"
+        f"model: {cfg.model.variant}, {trainable:,} trainable parameters, {frozen:,} frozen; "
+        f"device {device}, {torch.get_num_threads()} CPU thread(s)"
     )
     return model
 
@@ -998,6 +999,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    # Before any parallel work (the data's readers included).
+    cli.set_threads(cfg.train.threads)
     device = setup_device(cfg, ckpt)
     seed_everything(cfg.train.seed)
     run_dir, resuming = Path(cfg.train.out_dir), ckpt is not None

@@ -86,6 +86,8 @@ def test_unknown_key_in_file_names_file_key_and_nearest_valid_key(tmp_path):
         ("model=3", "'model' is a section; set one of its keys: model.variant"),
         ("train.epochs", "expected KEY=VALUE"),
         ("train.batch_size=0", "train.batch_size: expected a value > 0, found 0"),
+        ("train.threads=0", "train.threads: expected a value > 0, found 0"),
+        ("train.threads=two", "key 'train.threads': expected an integer, found 'two'"),
         ("model.dropout=1.0", "model.dropout: expected a probability in [0, 1), found 1.0"),
         ("optim.ema_decay=1", "optim.ema_decay: expected a factor in (0, 1) or null, found 1"),
         ("model.d_tracker=null", "model.d_tracker: variant 'spinn_pi' needs a Tracker size, found null"),

@@ -13,6 +13,7 @@ import pytest
 import torch
 from nli_rows import first_rows
 
+from spinn import cli
 from spinn.config import Config
 from spinn.model import NLIClassifier
 from spinn.train import main as train_main
@@ -70,7 +71,7 @@ def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
         assert ckpt["config"]["model"]["d_hidden"] == 16 and ckpt["vocab"]["itos"][:2] == ["<pad>", "<unk>"]
     assert (run / "config.yaml").exists() and (run / "vocab.json").exists()
 
-    out = _script("evaluate", "--checkpoint", str(run), "--split", "dev", "--no-progress")
+    out = _script("evaluate", "--checkpoint", str(run), "--split", "dev", "--no-progress", "--threads", "1")
     assert f"accuracy {summary['dev']['accuracy']:.4f}" in out.stdout
     predictions = (run / "predictions_dev.jsonl").read_text().splitlines()
     assert len(predictions) == 79 and set(json.loads(predictions[0])) >= {
@@ -90,6 +91,8 @@ def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
         parse,
         "--hypothesis",
         "A person isn't idle.",
+        "--threads",
+        "auto",
     )
     record = json.loads(out.stdout)
     assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
@@ -345,3 +348,18 @@ def test_a_compiled_model_trains_as_the_eager_one(tiny_data, tmp_path):
     a, b = (torch.load(d / "last.pt", weights_only=True)["model"] for d in (eager, compiled))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize("threads", ["1", "null"])
+def test_train_threads_holds_for_the_run_and_is_restored_after_it(tiny_data, tmp_path, capsys, threads):
+    before = torch.get_num_threads()
+    expected = 1 if threads == "1" else cli.auto_threads()
+    overrides = [*TINY, *tiny_data, f"train.out_dir={tmp_path / 'run'}", f"train.threads={threads}"]
+    assert (
+        train_main(
+            ["--config", "configs/small.yaml", "--dry-run", *[a for o in overrides for a in ("--set", o)]]
+        )
+        == 0
+    )
+    assert f"device cpu, {expected} CPU thread(s)" in capsys.readouterr().out
+    assert torch.get_num_threads() == before
