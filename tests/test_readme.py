@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -42,14 +46,13 @@ def fenced_blocks(text: str, language: str) -> Iterator[tuple[int, str]]:
         yield text.count("\n", 0, m.start()) + 2, m.group(1)
 
 
-def commands(doc: Path) -> Iterator[Command]:
-    """The commands of a document's bash blocks, continuation lines joined and comments dropped."""
-    for first, body in fenced_blocks(doc.read_text(encoding="utf-8"), "bash"):
-        joined = body.replace("\\\n", " ")
+def commands(doc: Path, text: str | None = None) -> Iterator[Command]:
+    """The commands of a document's bash blocks (of `text`, a part of it, where given), continuation
+    lines joined and comments dropped."""
+    for first, body in fenced_blocks(doc.read_text(encoding="utf-8") if text is None else text, "bash"):
         line = first
-        for text in joined.splitlines():
-            words = shlex.split(text, comments=True)
-            if words:
+        for shell_line in body.replace("\\\n", " ").splitlines():
+            if words := shlex.split(shell_line, comments=True):
                 yield Command(doc, line, words)
             line += 1
 
@@ -133,3 +136,38 @@ def test_the_readme_encoder_examples_run() -> None:
     h.sum().backward()
     assert encoder.last_path == "reference" and h.shape == (2, 300)
     assert all(p.grad is not None for p in encoder.reduce.parameters())
+
+
+def quick_start() -> list[list[str]]:
+    """The commands of the README's quick start, in order."""
+    body = section(README.read_text(encoding="utf-8"), "Quick start")
+    return [command.words for command in commands(README, body)]
+
+
+def as_process(words: list[str]) -> list[str]:
+    """A documented command as this Python runs it: `spinn` is `python -m spinn`, and a repository
+    file the command names (scripts/train.py, configs/small.yaml) is given by its absolute path."""
+    if words[0] == "spinn":
+        return [sys.executable, "-m", "spinn", *words[1:]]
+    assert words[0] == "python", f"the quick start runs spinn or python, found {words[0]!r}"
+    return [sys.executable, *(str(ROOT / w) if "/" in w and (ROOT / w).is_file() else w for w in words[1:])]
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs_as_written_in_an_empty_folder(tmp_path: Path) -> None:
+    """The quick start's commands, run in order in an empty folder; training stops after 2 steps."""
+    commands = quick_start()
+    assert [entry_point(words)[0] for words in commands] == ["train", "evaluate", "predict"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = []
+    for words in commands:
+        extra = ["--set", "train.max_steps=2", "--set", "train.progress=false"] if words[1] == "train" else []
+        done = subprocess.run(
+            as_process(words) + extra, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, f"{shlex.join(words)} failed:\n{done.stderr[-3000:]}"
+        out.append(done.stdout)
+    assert (tmp_path / "runs" / "small" / "best.pt").is_file()
+    assert "accuracy" in out[1]
+    prediction = json.loads(out[2].strip().splitlines()[-1])
+    assert prediction["label"] in ("entailment", "neutral", "contradiction")
