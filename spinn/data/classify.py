@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spinn.data.snli import MAX_REASONS, TOO_LONG_POLICIES, NLIData, NLIExample, truncate_transitions
+from spinn.data.snli import TOO_LONG_POLICIES, NLIData, NLIExample, truncate_transitions
 from spinn.errors import ParseError, SpinnError, at
 from spinn.io import check_readable, open_input, read_lines
 from spinn.transitions import REDUCE, parse_to_transitions, right_branching
@@ -109,9 +109,7 @@ def read_classify(
         except SpinnError as err:
             if not skip_invalid:
                 raise
-            data.invalid += 1
-            if len(data.invalid_reasons) < MAX_REASONS:
-                data.invalid_reasons.append(str(err))
+            data.skip_invalid(err)
             continue
         if examples is None:
             data.no_gold += 1

@@ -101,6 +101,12 @@ class NLIData:
     #: The first `MAX_REASONS` reasons for rows skipped as invalid.
     invalid_reasons: list[str] = field(default_factory=list)
 
+    def skip_invalid(self, err: SpinnError) -> None:
+        """Count a row skipped for `err`, keeping the first `MAX_REASONS` reasons to report."""
+        self.invalid += 1
+        if len(self.invalid_reasons) < MAX_REASONS:
+            self.invalid_reasons.append(str(err))
+
 
 def read_nli(
     path: str | Path,
@@ -241,9 +247,7 @@ def _read_rows(
         except SpinnError as err:
             if not skip_invalid:
                 raise
-            data.invalid += 1
-            if len(data.invalid_reasons) < MAX_REASONS:
-                data.invalid_reasons.append(str(err))
+            data.skip_invalid(err)
             continue
         if example is None:
             data.no_gold += 1
