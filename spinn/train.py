@@ -880,7 +880,7 @@ def summarize(
         "stopped": reason,
         "steps": state.step,
         "epochs": state.epoch,
-        "train_seconds": round(state.train_seconds, 1),
+        "train_seconds": round(state.train_seconds, 3),  # ms: a short run rounds to 0.0 in tenths
         "best_step": best["step"],
         "best_checkpoint": str(run_dir / "best.pt"),
         "dev": best["dev"],
