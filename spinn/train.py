@@ -1,4 +1,5 @@
-"""Train SPINN on NLI from a YAML config; the training loop is `train` below, in one piece.
+"""Train a sentence encoder (SPINN or a baseline) on NLI or sentence classification from a YAML config;
+the training loop is `train` below.
 
     python scripts/train.py --config configs/small.yaml
     python scripts/train.py --config configs/snli_spinn_pi.yaml --set optim.lr=1e-3 --set train.max_steps=500
@@ -335,10 +336,12 @@ def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
 
 def setup_model(cfg: Config, data: Data, device: torch.device) -> NLIClassifier:
     model = build_model(cfg, len(data.vocab), data.embeddings).to(device)
+    # The baselines ignore model.variant: name the encoder that runs.
+    encoder = cfg.model.variant if cfg.model.encoder == "spinn" else cfg.model.encoder
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     print(
-        f"model: {cfg.model.variant}, {trainable:,} trainable parameters, {frozen:,} frozen; "
+        f"model: {encoder}, {trainable:,} trainable parameters, {frozen:,} frozen; "
         f"device {device}, {torch.get_num_threads()} CPU thread(s)"
     )
     return model
@@ -941,7 +944,7 @@ def dry_run(cfg: Config, data: Data, model: NLIClassifier, device: torch.device)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train SPINN on NLI.",
+        description="Train SPINN (or a baseline encoder) on NLI or sentence classification (SST, ListOps).",
         epilog="example: python scripts/train.py --config configs/small.yaml --set optim.lr=1e-3",
     )
     parser.add_argument(

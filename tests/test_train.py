@@ -363,3 +363,11 @@ def test_train_threads_holds_for_the_run_and_is_restored_after_it(tiny_data, tmp
     )
     assert f"device cpu, {expected} CPU thread(s)" in capsys.readouterr().out
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("encoder", "named"), [("spinn", "spinn_pi"), ("lstm", "lstm"), ("cbow", "cbow")])
+def test_the_startup_line_names_the_encoder_that_runs(tiny_data, tmp_path, capsys, encoder, named):
+    overrides = [*TINY, *tiny_data, f"train.out_dir={tmp_path / 'run'}", f"model.encoder={encoder}"]
+    argv = ["--config", "configs/small.yaml", "--dry-run", *[a for o in overrides for a in ("--set", o)]]
+    assert train_main(argv) == 0
+    assert f"model: {named}, " in capsys.readouterr().out
