@@ -1,4 +1,4 @@
-"""Train SPINN or a baseline encoder: python scripts/train.py --config configs/small.yaml (see spinn/train.py)."""
+"""Train SPINN or a baseline encoder: python scripts/train.py --config configs/small.yaml (spinn/train.py)."""
 
 import sys
 
