@@ -1,8 +1,14 @@
 import json
 import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 import torch
+from nli_rows import GLOVE_3D, LONG, VOCAB, row, write_jsonl
+from tiny_runs import WritesAFile
 
 import spinn.data.cache as cache
 from spinn.config import DataConfig
@@ -229,3 +235,121 @@ def test_parallel_reading_reports_the_true_line(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "PARALLEL_MIN_BYTES", 0)
     with pytest.raises(SpinnError, match="big.jsonl:41: bad JSON"):
         load_nli(path, use_cache=False, workers=3)
+
+
+def test_length_policy_is_part_of_the_cache_key_and_of_the_table(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "a.jsonl", [row(), row(s1=LONG, pair_id="p2")] * 30)
+    whole = load_nli(path, cache_dir=tmp_path / "c", progress=False)
+    skip = load_nli(path, cache_dir=tmp_path / "c", progress=False, max_length=4, too_long="skip")
+    cut = load_nli(path, cache_dir=tmp_path / "c", progress=False, max_length=4, too_long="truncate")
+    assert (len(whole), len(skip), len(cut)) == (60, 30, 60)
+    assert (whole.too_long, skip.too_long, cut.too_long) == (0, 30, 30)
+    assert len(os.listdir(tmp_path / "c")) == 3
+    assert (
+        load_nli(path, cache_dir=tmp_path / "c", progress=False, max_length=4, too_long="skip").too_long == 30
+    )
+    monkeypatch.setattr(cache, "PARALLEL_MIN_BYTES", 0)
+    parallel = load_nli(path, use_cache=False, workers=3, max_length=4, too_long="truncate")
+    assert parallel.too_long == 30 and torch.equal(parallel.premise_transitions, cut.premise_transitions)
+
+
+def test_a_crafted_cache_pickle_is_refused_and_rebuilt(tmp_path):
+    source = write_jsonl(tmp_path / "a.jsonl", [row(), row("neutral", pair_id="p2")])
+    marker = tmp_path / "pwned.txt"
+    evil = {"key": "x", "payload": WritesAFile(marker)}
+    torch.save(evil, tmp_path / "control.pt")
+    torch.load(tmp_path / "control.pt", weights_only=False)  # the file is live: a plain load runs it
+    assert marker.read_text() == "pwned"
+    marker.unlink()
+    for target, load in [
+        (
+            cache.cache_path(source, "nli", tmp_path / "c"),
+            lambda: len(load_nli(source, cache_dir=tmp_path / "c", progress=False)),
+        ),
+        (
+            cache.cache_path(tmp_path / "g.txt", f"3d.{VOCAB.content_hash()[:16]}", tmp_path / "c"),
+            lambda: load_glove(tmp_path / "g.txt", VOCAB, 3, progress=False, cache_dir=tmp_path / "c").found,
+        ),
+    ]:
+        (tmp_path / "g.txt").write_text(GLOVE_3D)
+        target.parent.mkdir(exist_ok=True)
+        torch.save(evil, target)
+        with pytest.warns(UserWarning, match="unreadable cache"):
+            assert load() in (2, 3)
+        assert not marker.exists()
+        torch.load(target, weights_only=True)  # rebuilt as plain data
+
+
+def test_a_cache_under_the_right_key_without_payload_is_rebuilt(tmp_path):
+    source = write_jsonl(tmp_path / "a.jsonl", [row()])
+    load_nli(source, cache_dir=tmp_path, progress=False)
+    target = cache.cache_path(source, "nli", tmp_path)
+    obj = torch.load(target, weights_only=True)
+    torch.save({"key": obj["key"], "payload": [1, 2]}, target)
+    with pytest.warns(UserWarning, match="cache without a payload"):
+        assert load_nli(source, cache_dir=tmp_path, progress=False).pair_ids == ["p1"]
+
+
+def test_a_failed_cache_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    source = write_jsonl(tmp_path / "a.jsonl", [row()])
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.torch, "save", full_disk)
+    with pytest.warns(UserWarning, match="cannot write the cache .*No space left"):
+        assert len(load_nli(source, cache_dir=tmp_path / "c", progress=False)) == 1
+    assert not (tmp_path / "c").exists()  # no partial file, nor the folder made for it
+
+
+_BUILDER = """
+import sys, time
+from pathlib import Path
+go = Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.005)
+from spinn.data.cache import load_nli
+t = load_nli(sys.argv[1], cache_dir=sys.argv[2], progress=False)
+print(len(t), t.pair_ids[-1], int(t.premise_ids.sum()), flush=True)
+"""
+
+
+def test_processes_building_one_cache_at_once_do_not_corrupt_it(tmp_path):
+    rows = [row(pair_id=f"p{i}", s2=f"( w{i} ( x{i % 13} y ) )") for i in range(4000)]
+    source = write_jsonl(tmp_path / "a.jsonl", rows[:10])
+    load_nli(source, cache_dir=tmp_path / "c", progress=False)
+    write_jsonl(source, rows)  # the cache is now stale: every process reads it, then rebuilds it
+    expected = load_nli(source, use_cache=False, progress=False)
+    line = f"{len(expected)} {expected.pair_ids[-1]} {int(expected.premise_ids.sum())}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILDER, str(source), str(tmp_path / "c"), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    go.touch()  # all start reading and writing at the same moment
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and "unreadable cache" not in err, err
+        assert out.strip() == line
+    assert os.listdir(tmp_path / "c") == [cache.cache_path(source, "nli", tmp_path / "c").name]
+    assert load_nli(source, cache_dir=tmp_path / "c", progress=False).pair_ids == expected.pair_ids
+
+
+def test_threads_saving_one_cache_use_distinct_temporary_files(tmp_path):
+    target = tmp_path / "x.pt"
+    payload = {"t": torch.arange(200_000)}
+    threads = [threading.Thread(target=cache.save_cache, args=(target, {"n": 1}, payload)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.equal(cache.load_cache(target, {"n": 1})["t"], payload["t"])
+    assert os.listdir(tmp_path) == ["x.pt"]

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from nli_rows import GLOVE_3D, corrupt_zip_member
 
 from spinn.data import download as dl
 from spinn.errors import SpinnError
@@ -191,3 +192,54 @@ def test_sst_archive_unpacks_to_the_trees_the_classify_reader_takes(tmp_path):
     from spinn.data.classify import read_classify
 
     assert [ex.label for ex in read_classify(root / "trees" / "test.txt", fmt="sst").examples] == [1]
+
+
+def test_a_member_through_a_symlinked_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "snli_1.0").symlink_to(outside)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.writestr("snli_1.0/dev.jsonl", b"x")
+    with pytest.raises(SpinnError, match="would be written outside"):
+        dl.extract(tmp_path / "a.zip", root)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_corrupt_archive_member_is_an_error_and_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "g.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("glove.txt", GLOVE_3D * 200)
+    corrupt_zip_member(path)
+    (tmp_path / "root").mkdir()
+    with pytest.raises(SpinnError, match=r"g.zip: member 'glove.txt' is truncated or corrupt"):
+        dl.extract(path, tmp_path / "root")
+    assert list((tmp_path / "root").iterdir()) == []
+    (tmp_path / "half.zip").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(SpinnError, match="half.zip: not a zip archive"):
+        dl.extract(tmp_path / "half.zip", tmp_path / "root")
+
+
+def test_a_download_cut_short_is_an_error_and_leaves_nothing(tmp_path):
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server name)
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 100)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Short)
+    thread = threading.Thread(target=httpd.handle_request, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/snli_1.0.zip"
+    try:
+        with pytest.raises(SpinnError, match="download failed"):
+            dl.download("snli", tmp_path, url=url, progress=False)
+    finally:
+        thread.join(5)
+        httpd.server_close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

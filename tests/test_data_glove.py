@@ -1,9 +1,12 @@
 import gzip
+import os
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from nli_rows import GLOVE_3D, VOCAB, corrupt_zip_member
 
 import spinn.data.glove as glove
 from spinn.data.glove import load_glove
@@ -25,7 +28,6 @@ def write_glove(path, rows):
 
 
 ROWS = [("the", [0.1, 0.2, 0.3]), (",", [1, 2, 3]), ("cat", [-1, -2, -3.5]), ("dog", [4, 5, 6])]
-VOCAB = Vocab(["<pad>", "<unk>", "the", "cat", "zebra"])
 
 
 def test_vocabulary_words_get_their_vectors(tmp_path):
@@ -159,3 +161,67 @@ def test_the_vocab_and_glove_usage_snippet_runs(data_dir, tmp_path, monkeypatch)
     assert (result.found, result.total) == (6, 9)  # all but <pad>, <unk> and "zxqv"
     assert embed(torch.tensor([0])).abs().sum() == 0 and embed.weight.shape == (9, 50)
     assert [p.parent.name for p in (tmp_path / "xdg" / "spinn").iterdir()] == ["spinn"]
+
+
+def load_3d(path, **kwargs):
+    return load_glove(path, VOCAB, 3, progress=False, use_cache=False, **kwargs)
+
+
+def test_a_glove_file_of_another_dimension_says_so(tmp_path):
+    (tmp_path / "g.txt").write_text("the 1 2 3 4 5\ncat 1 2 3 4 5\n")
+    with pytest.raises(
+        SpinnError, match=r"g.txt:1: 5 values after the word, expected 3: this file holds 5-d"
+    ):
+        load_3d(tmp_path / "g.txt")
+
+
+def test_ragged_line_in_the_middle_names_its_line(tmp_path):
+    (tmp_path / "g.txt").write_text("the 1 2 3\ncat 1 2\n")
+    with pytest.raises(SpinnError, match=r"g.txt:2: 2 values after the word, expected 3$"):
+        load_3d(tmp_path / "g.txt")
+
+
+@pytest.mark.parametrize("damage", ["truncated gz", "truncated zip", "corrupt zip member", "not gzip"])
+def test_truncated_or_corrupt_glove_archives_name_the_file(tmp_path, damage):
+    text = GLOVE_3D * 200
+    if "gz" in damage:
+        path = tmp_path / "g.txt.gz"
+        path.write_bytes(gzip.compress(text.encode()) if damage == "truncated gz" else b"plain text\n")
+        if damage == "truncated gz":
+            path.write_bytes(path.read_bytes()[:-40])
+    else:
+        path = tmp_path / "g.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("glove.txt", text)
+        if damage == "truncated zip":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        else:
+            corrupt_zip_member(path)
+    with pytest.raises(SpinnError, match=rf"{path.name}: cannot read this GloVe file .*truncated or corrupt"):
+        load_3d(path)
+
+
+def test_zero_coverage_is_an_error_and_low_coverage_warns_with_the_figure(tmp_path):
+    (tmp_path / "none.txt").write_text("dog 1 2 3\nbird 4 5 6\n")
+    with pytest.raises(
+        SpinnError, match="none.txt: none of the 5 vocabulary words has a vector; .*lower-case"
+    ):
+        load_3d(tmp_path / "none.txt")
+    (tmp_path / "low.txt").write_text("cat 1 2 3\n")
+    with pytest.warns(UserWarning, match=r"low.txt: only 1 of 5 vocabulary words \(20.0%\) have a vector"):
+        load_3d(tmp_path / "low.txt")
+    # The warning repeats when the result comes from the cache.
+    for _ in range(2):
+        with pytest.warns(UserWarning, match=r"\(20.0%\)"):
+            load_glove(tmp_path / "low.txt", VOCAB, 3, progress=False, cache_dir=tmp_path / "c")
+    assert len(os.listdir(tmp_path / "c")) == 1
+    (tmp_path / "good.txt").write_text(GLOVE_3D)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_3d(tmp_path / "good.txt").found == 3
+
+
+def test_a_byte_order_mark_before_the_first_glove_word_is_ignored(tmp_path):
+    (tmp_path / "g.txt").write_bytes(b"\xef\xbb\xbf" + GLOVE_3D.encode())
+    res = load_3d(tmp_path / "g.txt")
+    assert res.found == 3 and res.vectors[2].tolist() == pytest.approx([0.1, 0.2, 0.3])

@@ -2,11 +2,13 @@ import gzip
 import json
 
 import pytest
-from nli_rows import P1, P2, row, write_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nli_rows import LONG, P1, P2, row, write_jsonl
 
-from spinn.data.snli import LABELS, read_nli
+from spinn.data.snli import LABELS, read_nli, truncate_transitions
 from spinn.errors import ParseError, SpinnError
-from spinn.transitions import REDUCE, SHIFT
+from spinn.transitions import REDUCE, SHIFT, transitions_to_parse, validate_transitions
 
 TSV_HEADER = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1\tsentence2\tpairID"
 
@@ -168,3 +170,154 @@ def test_an_error_while_reading_starts_on_a_line_of_its_own(tmp_path, capsys):
         read_nli(write_jsonl(tmp_path / "d.jsonl", rows), progress=True)
     assert capsys.readouterr().err.endswith("\n")  # the progress bar was closed before the error
     del err
+
+
+P1_FULL = "(ROOT (S (NP (DT A) (NN dog)) (VP (VBZ runs))))"
+
+
+def read(path, **kwargs):
+    return read_nli(path, progress=False, **kwargs)
+
+
+def test_full_parse_with_another_leaf_count_names_both_fields(tmp_path):
+    ok = row(sentence1_parse=P1_FULL)
+    short = row(sentence1_parse="(ROOT (S (NP (NN dog)) (VP (VBZ runs))))")
+    path = write_jsonl(tmp_path / "a.jsonl", [ok, short])
+    with pytest.raises(ParseError) as err:
+        read(path)
+    assert str(err.value) == (
+        f"{path}:2: field 'sentence1_binary_parse': 3 words, but field 'sentence1_parse' of the same row "
+        f"has 2 leaves; expected the same tokens in both parses"
+    )
+    assert len(read(path, skip_invalid=True).examples) == 1
+    spaced = row(sentence1_parse=" (ROOT\t(S (NP (DT A)  (NN dog)) (VP (VBZ runs))))\n")
+    assert len(read(write_jsonl(tmp_path / "b.jsonl", [spaced])).examples) == 1
+
+
+def test_leaf_check_holds_on_every_real_snli_row_and_catches_a_damaged_one(data_dir, tmp_path):
+    source = data_dir / "snli_1.0" / "snli_1.0_dev.jsonl"
+    assert len(read(source).examples) == 9842  # raises if the check rejected any real row
+    lines = source.read_bytes().splitlines(keepends=True)[:20]
+    damaged = json.loads(lines[6])
+    damaged["sentence2_parse"] = damaged["sentence2_parse"].replace("(DT A) ", "", 1)
+    assert damaged["sentence2_parse"] != json.loads(lines[6])["sentence2_parse"]
+    lines[6] = json.dumps(damaged).encode() + b"\n"
+    (tmp_path / "dev.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(ParseError, match=r"dev.jsonl:7: field 'sentence2_binary_parse': \d+ words, but"):
+        read(tmp_path / "dev.jsonl")
+
+
+def test_a_utf8_byte_order_mark_is_accepted_in_both_formats(tmp_path):
+    plain = read(write_jsonl(tmp_path / "a.jsonl", [row(), row(pair_id="p2")]))
+    bom = read(
+        write_jsonl(tmp_path / "b.jsonl", [b"\xef\xbb\xbf" + json.dumps(row()).encode(), row(pair_id="p2")])
+    )
+    assert bom.examples == plain.examples
+    header = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tpairID"
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbf" + f"{header}\nentailment\t{P1}\t{P2}\tp1\n".encode())
+    assert read(tmp_path / "a.txt").examples == plain.examples[:1]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_invalid_utf8_names_line_byte_and_offset(tmp_path, suffix):
+    bad = json.dumps(row(s1="( caf\udce9 x )"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+    if suffix == ".txt":
+        lines = [b"gold_label\tsentence1_binary_parse\tsentence2_binary_parse", b"neutral\t( caf\xe9 x )\tb"]
+    else:
+        lines = [json.dumps(row()).encode(), bad]
+    path = tmp_path / f"a{suffix}"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(SpinnError, match=rf"a{suffix}:2: expected UTF-8 text, found byte 0xe9 at byte \d+"):
+        read(path)
+    assert read(path, skip_invalid=True).invalid == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("e.jsonl", b""),
+        ("blank.jsonl", b"\n  \n"),
+        ("h.txt", b"gold_label\tsentence1_binary_parse\tsentence2_binary_parse\n"),
+    ],
+)
+def test_an_empty_file_is_an_error(tmp_path, name, content):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SpinnError, match=f"{name}: empty file, expected one sentence pair per line"):
+        read(tmp_path / name)
+
+
+def test_a_split_with_no_usable_rows_is_refused_where_a_split_is_needed(tmp_path):
+    # Imported here: the training modules are not needed by the rest of this file.
+    from spinn.config import DataConfig
+    from spinn.evaluate import read_table
+
+    path = write_jsonl(tmp_path / "a.jsonl", [row("-"), row("maybe"), b"{bad"])
+    data = read(path, skip_invalid=True)
+    assert (len(data.examples), data.no_gold, data.invalid) == (0, 1, 2)
+    with pytest.raises(
+        SpinnError, match="a.jsonl: no usable sentence pairs, expected at least one; found 1 row"
+    ):
+        read_table(path, DataConfig(skip_invalid=True, cache_dir=str(tmp_path / "c")), progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_truncated_or_corrupt_gz_names_the_file(tmp_path, damage):
+    path = tmp_path / "a.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"".join(json.dumps(row(pair_id=f"p{i}")).encode() + b"\n" for i in range(500)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not gzip data at all\n")
+    with pytest.raises(SpinnError, match=r"a.jsonl.gz: cannot read past line \d+ .*is it truncated"):
+        read(path)
+
+
+def test_too_long_error_names_line_field_and_both_lengths(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [row(), row(s2=LONG, pair_id="p2")])
+    with pytest.raises(SpinnError) as err:
+        read(path, max_length=4)
+    assert f"{path}:2: field 'sentence2_binary_parse': 6 words, more than max_length=4" in str(err.value)
+    with pytest.raises(SpinnError, match="max_length must be >= 1"):
+        read(path, max_length=0)
+    with pytest.raises(SpinnError, match="too_long must be one of error, skip, truncate; found 'cut'"):
+        read(path, max_length=4, too_long="cut")
+
+
+def test_too_long_skip_counts_and_truncate_keeps_valid_trees(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "a.jsonl", [row(), row(s1=LONG, pair_id="p2"), row(s2=LONG, pair_id="p3")])
+    skipped = read(path, max_length=4, too_long="skip")
+    assert [e.pair_id for e in skipped.examples] == ["p1"] and skipped.too_long == 2
+    assert "skipped 2 pair(s) with a sentence over 4 words" in capsys.readouterr().err
+    cut = read(path, max_length=4, too_long="truncate")
+    assert cut.too_long == 2 and cut.examples[0] == skipped.examples[0]
+    assert cut.examples[1].premise == ["a", "b", "c", "d"]
+    assert transitions_to_parse(cut.examples[1].premise, cut.examples[1].premise_transitions) == (
+        "( ( a b ) ( c d ) )"
+    )
+    assert cut.examples[2].hypothesis == ["a", "b", "c", "d"] and cut.examples[2].premise == [
+        "A",
+        "dog",
+        "runs",
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_truncation_keeps_every_whole_constituent_and_builds_one_tree(data):
+    n = data.draw(st.integers(1, 30))
+    # A random valid sequence: SHIFT while words remain, REDUCE where the stack allows, chosen at random.
+    seq, depth, shifts = [], 0, 0
+    while shifts < n or depth > 1:
+        can_shift, can_reduce = shifts < n, depth >= 2
+        if can_shift and (not can_reduce or data.draw(st.booleans())):
+            seq, depth, shifts = [*seq, SHIFT], depth + 1, shifts + 1
+        else:
+            seq, depth = [*seq, REDUCE], depth - 1
+    k = data.draw(st.integers(1, 35))
+    cut = truncate_transitions(seq, k)
+    validate_transitions(cut, min(n, k))
+    if k >= n:
+        assert cut == seq
+    else:
+        # The prefix up to the (k+1)-th SHIFT survives intact; only REDUCEs are added after it.
+        prefix = seq[: [i for i, t in enumerate(seq) if t == SHIFT][k]]
+        assert cut[: len(prefix)] == prefix and set(cut[len(prefix) :]) <= {REDUCE}

@@ -30,6 +30,8 @@ PATH = re.compile(
     r"(?<![\w./-])((?:configs|scripts|docs|benchmarks|examples|tests|spinn|requirements|\.ci)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)"
 )
 LINK = re.compile(r"\]\(([^)#:]+)(?:#[^)]*)?\)")
+#: A test a document names: `test_file.py::test_name`, or `::test_name` in the file named before it.
+TEST = re.compile(r"`(?:tests/)?(test_\w+\.py)?::(test_\w+)`")
 
 
 class Command(NamedTuple):
@@ -85,6 +87,19 @@ def test_every_file_and_link_named_in_the_docs_exists(doc: Path) -> None:
     links = {m.group(1) for m in LINK.finditer(text)}
     missing += sorted(link for link in links if not (doc.parent / link).exists())
     assert not missing, f"{doc.relative_to(ROOT)} names what does not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_test_named_in_the_docs_exists_in_the_file_named(doc: Path) -> None:
+    missing = []
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        file = None
+        for m in TEST.finditer(line):
+            file = m.group(1) or file
+            source = ROOT / "tests" / file if file else None
+            if source is None or not source.exists() or f"def {m.group(2)}(" not in source.read_text():
+                missing.append(f"{file}::{m.group(2)}")
+    assert not missing, f"{doc.relative_to(ROOT)} names tests that do not exist: {missing}"
 
 
 def documented_commands() -> list[Command]:
