@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -210,6 +211,74 @@ def build_schedule(transitions: Tensor | Sequence, lengths: Tensor | Sequence[in
         ParseError: a sentence's transitions do not build one binary tree over its words, or its
             padding does not start right after its 2n - 1 transitions.
     """
+    transitions, lengths = _cpu_batch(transitions, lengths)
+    batch, steps = transitions.shape
+    n_words = (steps + 1) // 2
+    _check_padding(transitions, lengths, n_words)
+    walk = _walk(transitions, lengths, n_words)
+    levels = _group_by_level(walk)
+    tracker = _pack_tracker(walk, lengths, n_words)
+    return Schedule(
+        n_rows=store_rows(batch, n_words),
+        batch_size=batch,
+        n_words=n_words,
+        leaf_rows=tracker.leaf_rows,
+        leaf_ids=1 + tracker.leaf_rows,
+        tracker_order=tracker.order,
+        tracker_active=tracker.active,
+        tracker_buffer=tracker.buffer,
+        tracker_stack=tracker.stack,
+        tracker_prev=tracker.prev,
+        tracker_out=tracker.out,
+        step_tracker=tracker.step_tracker,
+        step_children=walk.children,
+        step_out=walk.out,
+        step_offsets=[0, *walk.counts.cumsum(0).tolist()],
+        level_children=levels.children,
+        level_out=levels.out,
+        level_offsets=levels.offsets,
+        root=walk.root,
+        # Copies: a caller refilling its tensors in place would otherwise change what was checked.
+        transitions=transitions.clone(),
+        lengths=lengths.clone(),
+    )
+
+
+class _Walk(NamedTuple):
+    """What one pass of the stack pointers over a batch's transitions records, REDUCEs grouped by step."""
+
+    tracker_ids: Tensor  # (T, B, 3) buffer top, stack top and the item below it, before each step
+    sentence: Tensor  # (R,) the sentence of each REDUCE
+    counts: Tensor  # (T,) REDUCEs at each step
+    children: Tensor  # (2 R,) (left, right) of each REDUCE
+    out: Tensor  # (R,) the row each REDUCE writes
+    level: Tensor  # (n_rows,) each node's tree level: leaves 0, a REDUCE one more than its higher child
+    root: Tensor  # (B,)
+
+
+class _Levels(NamedTuple):
+    """The REDUCEs grouped by tree level (`Schedule.level_children` and the rest)."""
+
+    children: Tensor
+    out: Tensor
+    offsets: list[int]
+
+
+class _PackedTracker(NamedTuple):
+    """The Tracker's packed rows (`Schedule.tracker_order` to `Schedule.step_tracker`) and the real words."""
+
+    order: Tensor
+    active: list[int]
+    buffer: Tensor
+    stack: Tensor
+    prev: Tensor
+    out: Tensor
+    step_tracker: Tensor
+    leaf_rows: Tensor
+
+
+def _cpu_batch(transitions: Tensor | Sequence, lengths: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``transitions`` (B, T) and ``lengths`` (B,) as long tensors on the CPU, or SpinnError."""
     transitions = as_long_tensor(transitions, "transitions").to("cpu")
     lengths = as_long_tensor(lengths, "lengths").to("cpu")
     if transitions.dim() != 2 or lengths.dim() != 1:
@@ -217,12 +286,14 @@ def build_schedule(transitions: Tensor | Sequence, lengths: Tensor | Sequence[in
             f"transitions have shape {tuple(transitions.shape)} and lengths {tuple(lengths.shape)}, "
             f"expected (B, 2N - 1) and (B,)"
         )
-    batch, steps = transitions.shape
-    n_words = (steps + 1) // 2
-    _check_padding(transitions, lengths, n_words)
+    return transitions, lengths
+
+
+def _walk(transitions: Tensor, lengths: Tensor, n_words: int) -> _Walk:
+    """Run the stack pointers over every step, raising ParseError at the first impossible transition."""
     pointers = StackPointers(lengths.numpy(), n_words)
-    level = np.zeros(store_rows(batch, n_words), dtype=np.int64)
-    tracker_ids, step_batch, lefts, rights, outs = [], [], [], [], []
+    level = np.zeros(store_rows(len(lengths), n_words), dtype=np.int64)
+    tracker_ids, sentences, lefts, rights, outs = [], [], [], [], []
     for t, action in enumerate(transitions.numpy().T):
         bad = ((action == _SHIFT) & ~pointers.can_shift()) | ((action == _REDUCE) & ~pointers.can_reduce())
         if bad.any():
@@ -235,53 +306,51 @@ def build_schedule(transitions: Tensor | Sequence, lengths: Tensor | Sequence[in
         left, right, out = ids[rows, 2], ids[rows, 1], out[rows]
         level[out] = np.maximum(level[left], level[right]) + 1
         tracker_ids.append(ids)
-        step_batch.append(rows)
+        sentences.append(rows)
         lefts.append(left)
         rights.append(right)
         outs.append(out)
-    counts = torch.tensor([len(rows) for rows in step_batch], dtype=torch.long)
-    step_out = torch.from_numpy(np.concatenate(outs))
-    step_children = torch.from_numpy(np.stack((np.concatenate(lefts), np.concatenate(rights)), 1).reshape(-1))
-    level = torch.from_numpy(level)
-    step_offsets = [0, *counts.cumsum(0).tolist()]
-    order = torch.sort(level[step_out], stable=True)
-    by_level = order.indices
-    level_counts = torch.bincount(order.values, minlength=1)[1:]  # levels 1..height
-    level_offsets = [0, *level_counts.cumsum(0).tolist()]
-    level_children = step_children.view(-1, 2)[by_level].reshape(-1)
-    tracker_ids = torch.from_numpy(np.stack(tracker_ids))  # (T, B, 3)
+    return _Walk(
+        tracker_ids=torch.from_numpy(np.stack(tracker_ids)),
+        sentence=torch.from_numpy(np.concatenate(sentences)),
+        counts=torch.tensor([len(rows) for rows in sentences], dtype=torch.long),
+        children=torch.from_numpy(np.stack((np.concatenate(lefts), np.concatenate(rights)), 1).reshape(-1)),
+        out=torch.from_numpy(np.concatenate(outs)),
+        level=torch.from_numpy(level),
+        root=torch.from_numpy(pointers.root()),
+    )
+
+
+def _group_by_level(walk: _Walk) -> _Levels:
+    order = torch.sort(walk.level[walk.out], stable=True)
+    counts = torch.bincount(order.values, minlength=1)[1:]  # levels 1..height
+    return _Levels(
+        children=walk.children.view(-1, 2)[order.indices].reshape(-1),
+        out=walk.out[order.indices],
+        offsets=[0, *counts.cumsum(0).tolist()],
+    )
+
+
+def _pack_tracker(walk: _Walk, lengths: Tensor, n_words: int) -> _PackedTracker:
+    """Packed Tracker rows: step t's running sentences are the first active[t] of the order."""
+    steps, batch = walk.tracker_ids.shape[:2]
     order, rank = longest_first(lengths)
-    # Packed Tracker rows: step t's running sentences are the first active[t] of tracker_order.
     active = running_counts(lengths, steps)
-    running = torch.arange(batch)[None, :] < active[:, None]  # (T, B) in tracker_order
+    running = torch.arange(batch)[None, :] < active[:, None]  # (T, B) in order
     starts = active.cumsum(0) - active  # first packed row of each step
     prev_start = torch.cat((starts.new_zeros(1), batch + starts[:-1]))
-    tracker_ids = tracker_ids[:, order]
+    tracker_ids = walk.tracker_ids[:, order]
     leaf_rows, packed_leaf = real_words(lengths, n_words)
-    step_of_reduce = torch.repeat_interleave(torch.arange(steps), counts)
-    return Schedule(
-        n_rows=store_rows(batch, n_words),
-        batch_size=batch,
-        n_words=n_words,
+    step_of_reduce = torch.repeat_interleave(torch.arange(steps), walk.counts)
+    return _PackedTracker(
+        order=order,
+        active=active.tolist(),
+        buffer=packed_leaf[tracker_ids[..., 0][running]],
+        stack=tracker_ids[..., 1:][running].reshape(-1),
+        prev=(prev_start[:, None] + torch.arange(batch))[running],
+        out=(torch.arange(steps)[:, None] * batch + order)[running],
+        step_tracker=batch + starts[step_of_reduce] + rank[walk.sentence],
         leaf_rows=leaf_rows,
-        leaf_ids=1 + leaf_rows,
-        tracker_order=order,
-        tracker_active=active.tolist(),
-        tracker_buffer=packed_leaf[tracker_ids[..., 0][running]],
-        tracker_stack=tracker_ids[..., 1:][running].reshape(-1),
-        tracker_prev=(prev_start[:, None] + torch.arange(batch))[running],
-        tracker_out=(torch.arange(steps)[:, None] * batch + order)[running],
-        step_tracker=batch + starts[step_of_reduce] + rank[torch.from_numpy(np.concatenate(step_batch))],
-        step_children=step_children,
-        step_out=step_out,
-        step_offsets=step_offsets,
-        level_children=level_children,
-        level_out=step_out[by_level],
-        level_offsets=level_offsets,
-        root=torch.from_numpy(pointers.root()),
-        # Copies: a caller refilling its tensors in place would otherwise change what was checked.
-        transitions=transitions.clone(),
-        lengths=lengths.clone(),
     )
 
 
