@@ -385,6 +385,13 @@ def validate(cfg: Config) -> None:
         ConfigError: naming the key, what was expected and what was found.
     """
     check_finite(cfg)
+    _check_ranges(cfg)
+    _check_model(cfg.model, cfg.vocab)
+    _check_run(cfg.train, cfg.data)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Sizes, rates and counts: positive, non-negative, probabilities and factors."""
     m, o, t, d, v = cfg.model, cfg.optim, cfg.train, cfg.data, cfg.vocab
     positive = {
         "model.d_embed": m.d_embed,
@@ -427,6 +434,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.ema_decay: expected a factor in (0, 1) or null, found {o.ema_decay}")
     if o.lr_decay > 1:
         raise ConfigError(f"optim.lr_decay: expected a factor in (0, 1], found {o.lr_decay}")
+
+
+def _check_model(m: ModelConfig, v: VocabConfig) -> None:
+    """Model options that contradict each other or the vocabulary."""
     if m.variant in VARIANTS_WITH_TRACKER and m.d_tracker is None:
         raise ConfigError(f"model.d_tracker: variant {m.variant!r} needs a Tracker size, found null")
     if m.variant == "spinn_pi_nt" and m.d_tracker is not None:
@@ -454,6 +465,10 @@ def validate(cfg: Config) -> None:
             "model.freeze_embeddings: true with vocab.glove null would train on frozen random vectors; "
             "set vocab.glove or model.freeze_embeddings=false"
         )
+
+
+def _check_run(t: TrainConfig, d: DataConfig) -> None:
+    """Training and data options that cannot run: no stopping point, one class, an unknown device."""
     if t.epochs is None and t.max_steps is None:
         raise ConfigError("train.epochs and train.max_steps are both null: set at least one to stop training")
     if d.num_classes < 2:
