@@ -111,25 +111,13 @@ class NLIClassifier(nn.Module):
         bidirectional: bool = False,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise SpinnError(f"variant {variant!r} is unknown, expected one of {', '.join(VARIANTS)}")
-        if encoder not in ENCODERS:
-            raise SpinnError(f"encoder {encoder!r} is unknown, expected one of {', '.join(ENCODERS)}")
-        if embeddings is not None and tuple(embeddings.shape) != (vocab_size, d_embed):
-            raise SpinnError(
-                f"embeddings have shape {tuple(embeddings.shape)}, expected ({vocab_size}, {d_embed}) "
-                f"(vocab_size, d_embed)"
-            )
+        _check_options(variant, encoder, embeddings, (vocab_size, d_embed))
         self.variant = variant
         self.n_classes = n_classes
         self.sentence_pairs = sentence_pairs
         self.transition_loss_weight = transition_loss_weight
         self.eval_given_transitions = eval_given_transitions
-        self.embed = nn.Embedding(vocab_size, d_embed, padding_idx=0)
-        if embeddings is not None:
-            with torch.no_grad():
-                self.embed.weight.copy_(embeddings)
-        self.embed.weight.requires_grad_(not freeze_embeddings)
+        self.embed = _embedding(vocab_size, d_embed, embeddings, freeze=freeze_embeddings)
         self.embed_dropout = Dropout(dropout)
         self.encoder: SPINN | CBOW | LSTMEncoder
         if encoder == "spinn":
@@ -142,24 +130,14 @@ class NLIClassifier(nn.Module):
                 leaf=leaf,
             )
             d_sentence = d_hidden
-        else:
-            if variant == "spinn":
-                raise SpinnError(
-                    f"encoder {encoder!r} cannot predict transitions: variant 'spinn' needs SPINN"
-                )
-            if encoder == "cbow":
-                self.encoder = CBOW(d_embed, pooling)
-            else:
-                self.encoder = LSTMEncoder(d_embed, d_hidden, bidirectional=bidirectional, pooling=pooling)
+        elif encoder == "cbow":
+            self.encoder = CBOW(d_embed, pooling)
             d_sentence = self.encoder.d_out
-        d_in = (4 if sentence_pairs else 1) * d_sentence
-        layers: list[nn.Module] = [nn.BatchNorm1d(d_in)] if batch_norm else []
-        for _ in range(mlp_layers):
-            layers += [Dropout(dropout), nn.Linear(d_in, mlp_dim), nn.ReLU()]
-            layers += [nn.BatchNorm1d(mlp_dim)] if batch_norm else []
-            d_in = mlp_dim
-        layers += [Dropout(dropout), nn.Linear(d_in, n_classes)]
-        self.mlp = nn.Sequential(*layers)
+        else:
+            self.encoder = LSTMEncoder(d_embed, d_hidden, bidirectional=bidirectional, pooling=pooling)
+            d_sentence = self.encoder.d_out
+        d_features = (4 if sentence_pairs else 1) * d_sentence
+        self.mlp = _mlp(d_features, mlp_layers, mlp_dim, n_classes, dropout=dropout, batch_norm=batch_norm)
 
     def forward(self, batch: NLIBatch, schedule: Schedule | None = None) -> ClassifierOutput:
         """Classify a batch of pairs.
@@ -221,3 +199,40 @@ def _split(both: SPINNOutput, transitions: Tensor, n: int) -> tuple[SPINNOutput,
         )
 
     return part(slice(0, n)), part(slice(n, None))
+
+
+def _check_options(variant: str, encoder: str, embeddings: Tensor | None, shape: tuple[int, int]) -> None:
+    if variant not in VARIANTS:
+        raise SpinnError(f"variant {variant!r} is unknown, expected one of {', '.join(VARIANTS)}")
+    if encoder not in ENCODERS:
+        raise SpinnError(f"encoder {encoder!r} is unknown, expected one of {', '.join(ENCODERS)}")
+    if embeddings is not None and tuple(embeddings.shape) != shape:
+        raise SpinnError(
+            f"embeddings have shape {tuple(embeddings.shape)}, expected {shape} (vocab_size, d_embed)"
+        )
+    if encoder != "spinn" and variant == "spinn":
+        raise SpinnError(f"encoder {encoder!r} cannot predict transitions: variant 'spinn' needs SPINN")
+
+
+def _embedding(vocab_size: int, d_embed: int, initial: Tensor | None, *, freeze: bool) -> nn.Embedding:
+    """The word embeddings (id 0 is padding), from ``initial`` rows where given."""
+    embed = nn.Embedding(vocab_size, d_embed, padding_idx=0)
+    if initial is not None:
+        with torch.no_grad():
+            embed.weight.copy_(initial)
+    embed.weight.requires_grad_(not freeze)
+    return embed
+
+
+def _mlp(
+    d_in: int, layers: int, d_layer: int, n_classes: int, *, dropout: float, batch_norm: bool
+) -> nn.Sequential:
+    """``layers`` hidden layers of ``d_layer`` units (dropout, linear, ReLU, batch norm), then the
+    class scores."""
+    modules: list[nn.Module] = [nn.BatchNorm1d(d_in)] if batch_norm else []
+    for _ in range(layers):
+        modules += [Dropout(dropout), nn.Linear(d_in, d_layer), nn.ReLU()]
+        modules += [nn.BatchNorm1d(d_layer)] if batch_norm else []
+        d_in = d_layer
+    modules += [Dropout(dropout), nn.Linear(d_in, n_classes)]
+    return nn.Sequential(*modules)
