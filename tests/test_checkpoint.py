@@ -1,10 +1,15 @@
+import json
+import multiprocessing
 import os
 import pickle
 import random
+import signal
+import time
 
 import numpy as np
 import pytest
 import torch
+from tiny_runs import WritesAFile, user_error
 
 from spinn.checkpoint import (
     FORMAT_VERSION,
@@ -14,6 +19,9 @@ from spinn.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from spinn.evaluate import main as evaluate_main
+from spinn.predict import main as predict_main
+from spinn.train import main as train_main
 
 
 def _state():
@@ -52,19 +60,11 @@ def test_rng_states_restore_every_generator(tmp_path):
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
 
 
-class _Exploit:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        torch.save({**_state(), "payload": _Exploit(str(target))}, f)
+        torch.save({**_state(), "payload": WritesAFile(target)}, f)
     with pytest.raises(CheckpointError, match="refused to load"):
         load_checkpoint(path)
     assert not target.exists()
@@ -87,3 +87,106 @@ def test_truncated_missing_foreign_and_other_version_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2], protocol=2))
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def _damage(kind, good, path, marker):
+    """Write a damaged copy of checkpoint `good` to `path`."""
+    data = good.read_bytes()
+    ckpt = torch.load(good, weights_only=True)
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "corrupt":
+        path.write_bytes(bytes(b ^ 0x5A for b in data))
+    elif kind == "version":
+        torch.save({**ckpt, "format_version": 99}, path)
+    elif kind == "crafted":
+        torch.save({**ckpt, "step": WritesAFile(marker)}, path)
+    elif kind == "vocab":
+        torch.save({**ckpt, "vocab": {"itos": ckpt["vocab"]["itos"][:-3]}}, path)
+    elif kind == "config":
+        config = json.loads(json.dumps(ckpt["config"]))
+        config["model"]["d_hidden"] = 12
+        torch.save({**ckpt, "config": config}, path)
+    elif kind == "not a checkpoint":
+        torch.save({"weights": torch.zeros(2)}, path)
+
+
+CHECKPOINT_CASES = [
+    ("missing", "bad.pt: no such checkpoint file"),
+    ("truncated", "bad.pt: not a readable checkpoint (truncated or corrupt?)"),
+    ("corrupt", "bad.pt: not a readable checkpoint (truncated or corrupt?)"),
+    ("version", "bad.pt: checkpoint format version 99, this spinn reads version 1"),
+    ("crafted", "bad.pt: refused to load: it holds objects other than tensors and plain containers"),
+    ("vocab", "bad.pt: model weight 'embed.weight' has shape ("),
+    ("config", "bad.pt: model weight 'encoder."),
+    ("not a checkpoint", "bad.pt: not a spinn checkpoint: missing key(s) format_version"),
+]
+
+
+@pytest.mark.parametrize(("kind", "expected"), CHECKPOINT_CASES)
+def test_bad_checkpoints_are_refused_by_evaluate_and_predict(trained, tmp_path, capsys, kind, expected):
+    bad, marker = tmp_path / "bad.pt", tmp_path / "pwned"
+    _damage(kind, trained / "best.pt", bad, marker)
+    message = user_error(evaluate_main, ["--checkpoint", str(bad), "--no-progress"], capsys)
+    assert expected in message
+    message = user_error(
+        predict_main, ["--checkpoint", str(bad), "--premise", "a", "--hypothesis", "b"], capsys
+    )
+    assert expected in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("truncated", "last.pt: not a readable checkpoint"),
+        ("version", "last.pt: checkpoint format version 99"),
+        ("crafted", "last.pt: refused to load"),
+        ("vocab", "the checkpoint to resume from: model weight 'embed.weight' has shape ("),
+    ],
+)
+def test_resume_refuses_a_bad_last_checkpoint(trained, tmp_path, capsys, kind, expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    _damage(kind, trained / "last.pt", run / "last.pt", tmp_path / "pwned")
+    assert expected in user_error(train_main, ["--resume", str(run)], capsys)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_needs_a_training_checkpoint(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes((trained / "best.pt").read_bytes())
+    assert "without optimizer" in user_error(train_main, ["--resume", str(run)], capsys)
+
+
+def _writer(path, step):
+    """Write checkpoints of growing step over `path` until killed."""
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP thread pool
+    while True:
+        step += 1
+        save_checkpoint(
+            {"config": {}, "vocab": {}, "model": {"w": torch.full((1 << 20,), float(step))}, "step": step},
+            path,
+        )
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_a_whole_one(tmp_path):
+    path = tmp_path / "last.pt"
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    last = 0
+    for round_ in range(6):
+        proc = fork.Process(target=_writer, args=(path, round_ * 1000))
+        proc.start()
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.05))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        ckpt = load_checkpoint(path)
+        assert ckpt["step"] >= last and torch.equal(
+            ckpt["model"]["w"], torch.full((1 << 20,), float(ckpt["step"]))
+        )
+        last = ckpt["step"]

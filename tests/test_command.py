@@ -143,3 +143,27 @@ def test_the_wheel_holds_the_configs_the_license_and_the_command(tmp_path):
     assert f"{info}/licenses/LICENSE" in names
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "spinn = spinn.__main__:main" in entry_points
+
+
+def test_user_errors_from_the_scripts_are_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "none.pt"
+    for script, args in [
+        ("evaluate", ["--checkpoint", str(missing)]),
+        ("predict", ["--checkpoint", str(missing), "--premise", "a", "--hypothesis", "b"]),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, f"scripts/{script}.py", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2 and proc.stderr == f"error: {missing}: no such checkpoint file\n"
+    proc = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--checkpoint", str(missing), "--debug"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import sets, user_error
 
 from spinn.config import (
     Config,
@@ -130,3 +131,46 @@ def test_print_config_shows_the_resolved_config_with_the_overrides(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == config_to_dict(load_config(ROOT / "configs" / "small.yaml", ["optim.lr=0.01"]))
     assert printed["optim"]["lr"] == 0.01 and set(printed) == set(config_to_dict(Config()))
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "expected"),
+    [
+        (
+            "model:\n  d_hiden: 8\n",
+            [],
+            "c.yaml: unknown key 'model.d_hiden' (did you mean 'model.d_hidden'?)",
+        ),
+        (
+            "train:\n  batch_size: many\n",
+            [],
+            "c.yaml: key 'train.batch_size': expected an integer, found 'many'",
+        ),
+        ("", ["model.d_hidden=-4"], "model.d_hidden: expected a value > 0, found -4"),
+        ("", ["train.batch_size=0"], "train.batch_size: expected a value > 0, found 0"),
+        (
+            "",
+            ["model.variant=spinn", "model.d_tracker=null"],
+            "model.d_tracker: variant 'spinn' needs a Tracker size, found null",
+        ),
+        ("", ["data.max_length=0"], "data.max_length: expected a value > 0, found 0"),
+        (
+            "",
+            ["data.too_long=cut"],
+            "key 'data.too_long': expected one of error, skip, truncate, found 'cut'",
+        ),
+        ("model: [1, 2\n", [], "c.yaml: not valid YAML"),
+    ],
+)
+def test_config_errors_name_the_key_and_exit_2(tmp_path, capsys, yaml_text, overrides, expected):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    argv = ["--config", str(tmp_path / "c.yaml"), *sets(*overrides), "--dry-run"]
+    assert expected in user_error(train_main, argv, capsys)
+
+
+def test_configs_are_data_a_python_tag_is_refused_not_run(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    (tmp_path / "c.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    message = user_error(train_main, ["--config", str(tmp_path / "c.yaml"), "--dry-run"], capsys)
+    assert "c.yaml: not valid YAML" in message and "python/object/apply:os.system" in message
+    assert not marker.exists()

@@ -1,11 +1,18 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from tiny_runs import sets, user_error
 
 from spinn.config import Config, build_model
 from spinn.data.batching import NLIDataset, collate_nli
 from spinn.data.snli import NLIExample
 from spinn.data.vocab import Vocab
 from spinn.evaluate import EvalResult, Split, classification_report, evaluate, format_report, metrics
+from spinn.evaluate import main as evaluate_main
+from spinn.predict import main as predict_main
+from spinn.train import main as train_main
 from spinn.transitions import balanced
 
 
@@ -97,3 +104,59 @@ def test_accuracy_by_genre_counts_each_pair_once(tmp_path):
     }
     assert "accuracy by genre: fic 0.6667 (3), gov 0.5000 (2), none 1.0000 (1)" in format_report(m)
     assert metrics(result, Split(None, tmp_path, 0, 0))["per_genre"] is None
+
+
+def test_evaluate_reads_a_full_spinn_both_ways_into_separate_files(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=1", "model.variant=spinn")])
+        == 0
+    )
+    probabilities = {}
+    for how in ("given", "predicted"):
+        argv = ["--checkpoint", str(run / "best.pt"), "--transitions", how, "--no-progress"]
+        assert evaluate_main(argv) == 0
+        m = json.loads((run / f"predictions_dev_{how}.metrics.json").read_text())
+        assert m["transitions"] == how and 0 <= m["parse_accuracy"] <= 1
+        rows = [json.loads(line) for line in (run / f"predictions_dev_{how}.jsonl").read_text().splitlines()]
+        assert len(rows) == m["pairs"]
+        probabilities[how] = [r["probabilities"] for r in rows]
+    # The two readings build different trees: the barely trained parser does not reproduce SNLI's.
+    assert probabilities["given"] != probabilities["predicted"]
+
+
+def test_an_unknown_device_is_a_user_error(trained, capsys):
+    for main, extra in ((evaluate_main, []), (predict_main, ["--premise", "a", "--hypothesis", "b"])):
+        argv = ["--checkpoint", str(trained / "best.pt"), "--device", "gpu0", *extra]
+        assert (
+            user_error(main, argv, capsys) == "error: device 'gpu0': expected auto, cpu, cuda, cuda:N or mps"
+        )
+
+
+def test_evaluate_scores_the_runs_splits_as_it_did_and_any_other_file_whole(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=1", "data.limit=10")]) == 0
+    dev = next(a.split("=", 1)[1] for a in tiny_data if a.startswith("data.data_dir=")) + "/dev.jsonl"
+    pairs = {}
+    for which in (["--split", "dev"], ["--data", dev]):
+        out = tmp_path / f"{which[0][2:]}.jsonl"
+        argv = ["--checkpoint", str(run / "best.pt"), *which, "--output", str(out), "--no-progress"]
+        assert evaluate_main(argv) == 0
+        pairs[which[0]] = json.loads(out.with_suffix(".metrics.json").read_text())["pairs"]
+    assert pairs == {"--split": 10, "--data": 24}
+
+
+def test_evaluate_elsewhere_says_the_data_dir_is_relative(tiny_data, tmp_path, monkeypatch, capsys):
+    """A run trained with a relative data.data_dir, evaluated from another folder."""
+    root = Path(next(a.split("=", 1)[1] for a in tiny_data if a.startswith("data.data_dir=")))
+    run = tmp_path / "run"
+    monkeypatch.chdir(root.parent)
+    overrides = sets(f"train.out_dir={run}", "train.max_steps=1", f"data.data_dir={root.name}")
+    assert train_main([*tiny_data, *overrides]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert user_error(evaluate_main, ["--checkpoint", str(run), "--no-progress"], capsys) == (
+        f"error: {root.name}/dev.jsonl: no such file; the run's config has data.data_dir '{root.name}', "
+        f"which is read relative to the current folder ({tmp_path}): run from the folder it trained in, "
+        "or pass --data-dir DIR"
+    )
+    assert evaluate_main(["--checkpoint", str(run), "--data-dir", str(root), "--no-progress"]) == 0

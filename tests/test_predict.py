@@ -1,8 +1,12 @@
 import json
+import subprocess
+import sys
 
 import pytest
+from tiny_runs import ROOT, user_error
 
 from spinn.errors import ParseError, SpinnError
+from spinn.predict import main as predict_main
 from spinn.predict import read_pairs, read_sentence
 from spinn.transitions import REDUCE, SHIFT
 
@@ -62,3 +66,37 @@ def test_pair_files_are_read_like_the_training_data(tmp_path):
     (tmp_path / "p.csv").write_text("a,b\n", encoding="utf-8")
     with pytest.raises(SpinnError, match=r"unknown format '.csv', expected .jsonl, .tsv or .txt"):
         read_pairs(tmp_path / "p.csv")
+
+
+def test_output_piped_into_head_stops_quietly(trained, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    line = json.dumps({"sentence1": "A man sleeps.", "sentence2": "A person rests."}) + "\n"
+    pairs.write_text(line * 3000)  # ~400 KB of output: more than a pipe holds
+    script = (
+        f"{sys.executable} scripts/predict.py --checkpoint {trained / 'best.pt'} --input {pairs} | head -1"
+    )
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert json.loads(proc.stdout)["label"] in ("entailment", "neutral", "contradiction")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("premise", "expected"),
+    [
+        ("", "pair 1: premise: empty sentence"),
+        ("   ", "pair 1: premise: empty sentence"),
+        ("qwxz zzkq", "pair 1: premise: none of its 2 words is in the model's vocabulary"),
+        ("( ( A dog ) runs ) )", "pair 1: premise: unbalanced parse"),
+        ("( A dog runs )", "pair 1: premise: non-binary parse"),
+    ],
+)
+def test_bad_prediction_input_names_the_pair_and_side(trained, capsys, premise, expected):
+    argv = ["--checkpoint", str(trained), "--premise", premise, "--hypothesis", "A dog moves."]
+    assert expected in user_error(predict_main, argv, capsys)
+
+
+def test_bad_prediction_file_names_the_line(trained, tmp_path, capsys):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"sentence1": "A dog runs.", "sentence2": "A dog moves."}) + "\n{oops\n")
+    argv = ["--checkpoint", str(trained), "--input", str(path)]
+    assert f"{path}:2: bad JSON" in user_error(predict_main, argv, capsys)
