@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,17 +84,9 @@ def read_classify(
             malformed; the message names the file and line, what was expected and what was found.
     """
     path = Path(path)
-    if fmt not in FORMATS:
-        raise SpinnError(f"{path}: unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
-    check_readable(path, f"file ({_describe(fmt)})")
-    if too_long not in TOO_LONG_POLICIES:
-        raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
-    if fmt == "sst":
-        if sst_labels not in SST_LABELS:
-            raise SpinnError(f"sst_labels must be one of {', '.join(SST_LABELS)}; found {sst_labels!r}")
-        reader: LineReader = functools.partial(_sst_examples, sst_labels=sst_labels, phrases=phrases)
-    else:
-        reader = functools.partial(_tsv_examples, num_classes=num_classes)
+    reader = _line_reader(
+        path, fmt, too_long, sst_labels=sst_labels, num_classes=num_classes, phrases=phrases
+    )
     data = NLIData(path=path, examples=[])
     seen: set[tuple] = set()
     for line_no, text in _lines(path):
@@ -119,11 +110,24 @@ def read_classify(
         del data.examples[limit:]  # a tree's phrases can overshoot the limit
     if not (data.examples or data.no_gold or data.invalid or data.too_long):
         raise SpinnError(f"{path}: empty file, expected {_describe(fmt)}")
-    if data.invalid:
-        print(f"{path}: skipped {data.invalid} invalid line(s); first reasons:", file=sys.stderr)
-        for reason in data.invalid_reasons:
-            print(f"  {reason}", file=sys.stderr)
+    data.report_invalid("line")
     return data
+
+
+def _line_reader(
+    path: Path, fmt: str, too_long: str, *, sst_labels: str, num_classes: int, phrases: bool
+) -> LineReader:
+    """The reader of one line of ``fmt``, once the options and the file are checked."""
+    if fmt not in FORMATS:
+        raise SpinnError(f"{path}: unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
+    check_readable(path, f"file ({_describe(fmt)})")
+    if too_long not in TOO_LONG_POLICIES:
+        raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
+    if fmt == "tsv":
+        return functools.partial(_tsv_examples, num_classes=num_classes)
+    if sst_labels not in SST_LABELS:
+        raise SpinnError(f"sst_labels must be one of {', '.join(SST_LABELS)}; found {sst_labels!r}")
+    return functools.partial(_sst_examples, sst_labels=sst_labels, phrases=phrases)
 
 
 def _add(examples: list[NLIExample | None], data: NLIData, seen: set[tuple] | None, lowercase: bool) -> None:

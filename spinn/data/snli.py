@@ -107,6 +107,13 @@ class NLIData:
         if len(self.invalid_reasons) < MAX_REASONS:
             self.invalid_reasons.append(str(err))
 
+    def report_invalid(self, unit: str) -> None:
+        """Print on stderr how many ``unit`` (row, line) were skipped as invalid, and the first reasons."""
+        if self.invalid:
+            print(f"{self.path}: skipped {self.invalid} invalid {unit}(s); first reasons:", file=sys.stderr)
+            for reason in self.invalid_reasons:
+                print(f"  {reason}", file=sys.stderr)
+
 
 def read_nli(
     path: str | Path,
@@ -146,17 +153,8 @@ def read_nli(
             and field.
     """
     path = check_readable(path, "file")
-    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
-    if suffix not in (".jsonl", ".txt"):
-        raise SpinnError(f"{path}: unknown format {suffix!r}, expected .jsonl or .txt (optionally .gz)")
-    if byte_range is not None and (suffix != ".jsonl" or path.suffix == ".gz"):
-        raise SpinnError(f"{path}: byte_range needs an uncompressed .jsonl file")
-    if max_length is not None and max_length < 1:
-        raise SpinnError(f"max_length must be >= 1 word or None, found {max_length}")
-    if too_long not in TOO_LONG_POLICIES:
-        raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
-    if limit is not None and limit < 1:
-        raise SpinnError(f"limit must be >= 1 pair or None, found {limit}")
+    suffix = _nli_format(path, byte_range is not None)
+    _check_policy(max_length, too_long, limit)
     lines = _lines(path, progress, byte_range or (0, None), first_line)
     rows = _jsonl_rows(path, lines) if suffix == ".jsonl" else _tsv_rows(path, lines)
 
@@ -167,6 +165,32 @@ def read_nli(
         _read_rows(rows, path, (lowercase, skip_invalid, check_text), (max_length, too_long, limit), data)
     if byte_range is None and not (data.examples or data.no_gold or data.invalid or data.too_long):
         raise SpinnError(f"{path}: empty file, expected one sentence pair per line")
+    _report_left_out(data, max_length, too_long)
+    return data
+
+
+def _nli_format(path: Path, byte_range: bool) -> str:
+    """The format suffix of an NLI file, ``.jsonl`` or ``.txt`` (before an optional ``.gz``)."""
+    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if suffix not in (".jsonl", ".txt"):
+        raise SpinnError(f"{path}: unknown format {suffix!r}, expected .jsonl or .txt (optionally .gz)")
+    if byte_range and (suffix != ".jsonl" or path.suffix == ".gz"):
+        raise SpinnError(f"{path}: byte_range needs an uncompressed .jsonl file")
+    return suffix
+
+
+def _check_policy(max_length: int | None, too_long: str, limit: int | None) -> None:
+    if max_length is not None and max_length < 1:
+        raise SpinnError(f"max_length must be >= 1 word or None, found {max_length}")
+    if too_long not in TOO_LONG_POLICIES:
+        raise SpinnError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}; found {too_long!r}")
+    if limit is not None and limit < 1:
+        raise SpinnError(f"limit must be >= 1 pair or None, found {limit}")
+
+
+def _report_left_out(data: NLIData, max_length: int | None, too_long: str) -> None:
+    """Tell on stderr what was skipped, truncated or kept unchecked: a user should know their data shrank."""
+    path = data.path
     if data.too_long:
         done = "skipped" if too_long == "skip" else "truncated"
         print(
@@ -178,11 +202,7 @@ def read_nli(
             f"(check_text is off)",
             file=sys.stderr,
         )
-    if data.invalid:
-        print(f"{path}: skipped {data.invalid} invalid row(s); first reasons:", file=sys.stderr)
-        for reason in data.invalid_reasons:
-            print(f"  {reason}", file=sys.stderr)
-    return data
+    data.report_invalid("row")
 
 
 def read_rows(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
