@@ -121,24 +121,8 @@ def download(
         return done
 
     archive = root / res.archive
-    made_root = not root.exists()
     if not (archive.is_file() and expected is not None and _digest(archive, expected) == expected):
-        _fetch(source, archive, progress)
-        if expected is None:
-            warnings.warn(
-                f"{name}: no known checksum for {res.archive}; it is unverified "
-                f"(pass --checksum sha256:<hex>, or checksum= in Python, to check it)",
-                stacklevel=2,
-            )
-        else:
-            found = _digest(archive, expected)
-            if found != expected:
-                archive.unlink()
-                if made_root:
-                    root.rmdir()
-                raise SpinnError(
-                    f"{source}: checksum mismatch, expected {expected} but the download has {found}"
-                )
+        _fetch_verified(source, archive, expected, name=name, progress=progress)
     files = extract(archive, root)
     write_json(
         marker,
@@ -148,6 +132,29 @@ def download(
     if not keep_archive:
         archive.unlink()
     return files
+
+
+def _fetch_verified(source: str, archive: Path, expected: str | None, *, name: str, progress: bool) -> None:
+    """Fetch ``archive`` and check it against ``expected``, or warn that nothing can check it.
+
+    Raises:
+        SpinnError: a checksum mismatch; the archive is deleted, and its folder if the fetch made it.
+    """
+    made_root = not archive.parent.exists()
+    _fetch(source, archive, progress)
+    if expected is None:
+        warnings.warn(
+            f"{name}: no known checksum for {archive.name}; it is unverified "
+            f"(pass --checksum sha256:<hex>, or checksum= in Python, to check it)",
+            stacklevel=3,  # the caller of download
+        )
+        return
+    found = _digest(archive, expected)
+    if found != expected:
+        archive.unlink()
+        if made_root:
+            archive.parent.rmdir()
+        raise SpinnError(f"{source}: checksum mismatch, expected {expected} but the download has {found}")
 
 
 def extract(archive: Path, root: Path) -> list[Path]:
