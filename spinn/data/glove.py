@@ -123,6 +123,23 @@ def load_glove(
             _check_coverage(path, int(payload["found"]), len(vocab))
             return GloveResult(payload["vectors"], int(payload["found"]), len(vocab), payload["found_mask"])
 
+    vectors, found_mask = _read_vectors(path, vocab, dim, progress)
+    found = int(found_mask.sum())
+    _check_coverage(path, found, len(vocab))
+    _fill_missing(vectors, found_mask, seed)
+    result = GloveResult(torch.from_numpy(vectors), found, len(vocab), torch.from_numpy(found_mask))
+    if use_cache:
+        save_cache(
+            target,
+            key,
+            {"vectors": result.vectors, "found": found, "found_mask": result.found_mask, "words": vocab.itos},
+        )
+    return result
+
+
+def _read_vectors(path: Path, vocab: Vocab, dim: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, found_mask): (len(vocab), dim) with the file's rows of the vocabulary words (zeros
+    elsewhere), and which rows were found."""
     vectors = np.zeros((len(vocab), dim), dtype=np.float32)
     found_mask = np.zeros(len(vocab), dtype=bool)
     wanted = {w.encode("utf-8"): i for i, w in enumerate(vocab.itos) if i != PAD_ID}
@@ -133,23 +150,17 @@ def load_glove(
         raise SpinnError(
             f"{path}: cannot read this GloVe file ({err}); is it truncated or corrupt?"
         ) from None
+    return vectors, found_mask
 
-    found = int(found_mask.sum())
-    _check_coverage(path, found, len(vocab))
+
+def _fill_missing(vectors: np.ndarray, found_mask: np.ndarray, seed: int) -> None:
+    """Random rows, as spread as the found ones, for the words not found; zeros for ``<pad>``."""
     missing = ~found_mask
     missing[PAD_ID] = False
     std = float(vectors[found_mask].std())
     g = torch.Generator().manual_seed(seed)
-    vectors[missing] = (torch.randn(int(missing.sum()), dim, generator=g) * std).numpy()
+    vectors[missing] = (torch.randn(int(missing.sum()), vectors.shape[1], generator=g) * std).numpy()
     vectors[PAD_ID] = 0.0
-    result = GloveResult(torch.from_numpy(vectors), found, len(vocab), torch.from_numpy(found_mask))
-    if use_cache:
-        save_cache(
-            target,
-            key,
-            {"vectors": result.vectors, "found": found, "found_mask": result.found_mask, "words": vocab.itos},
-        )
-    return result
 
 
 def _check_coverage(path: Path, found: int, total: int) -> None:
@@ -189,35 +200,45 @@ def _scan(
                 line = line.rstrip(b"\r\n ")
                 if not line:
                     continue
-                # Left: a trailing space or CR, a word with spaces (840B), or too few or too many values;
-                # too many show as a number right after the first part of the would-be word.
-                if b"\t" in line:
-                    raise SpinnError(
-                        f"{at(name, line_no)}: a tab in the line, expected values separated by spaces"
-                    )
-                fields = line.rsplit(b" ", dim)
-                if len(fields) <= dim or _FLOAT.fullmatch(fields[0].split(b" ")[-1]):
-                    n = len(line.split()) - 1
-                    # On the first line the likely cause is a file of another size, not one bad line.
-                    other = f": this file holds {n}-d vectors, not {dim}-d" if line_no == 1 else ""
-                    raise SpinnError(f"{at(name, line_no)}: {n} values after the word, expected {dim}{other}")
-                word, values = fields[0], b" ".join(fields[1:])
+                word, values = _split_odd_line(line, at(name, line_no), dim, first=line_no == 1)
             i = wanted.get(word)
             if i is None or found_mask[i]:
                 continue
-            try:
-                row = np.asarray(values.split(), dtype=np.float32)
-            except ValueError as err:
-                raise SpinnError(f"{at(name, line_no)}: a value is not a number ({err})") from None
-            # Only the rows kept are checked in full: a stray space can pass the count above, and one
-            # NaN would spread to every random vector through the standard deviation.
-            if row.shape != (dim,):
-                raise SpinnError(f"{at(name, line_no)}: {row.size} values after the word, expected {dim}")
-            if not np.isfinite(row).all():
-                raise SpinnError(f"{at(name, line_no)}: a value is not finite (nan or inf), expected numbers")
-            vectors[i] = row
+            vectors[i] = _parse_row(values, name, line_no, dim)
             found_mask[i] = True
         bar.update(position() - bar.n)
+
+
+def _split_odd_line(line: bytes, where: str, dim: int, *, first: bool) -> tuple[bytes, bytes]:
+    """(word, values) of a line with other than ``dim`` spaces: a trailing space or CR, a word with
+    spaces (840B), or too few or too many values, which raise SpinnError; too many show as a number
+    right after the first part of the would-be word."""
+    if b"\t" in line:
+        raise SpinnError(f"{where}: a tab in the line, expected values separated by spaces")
+    fields = line.rsplit(b" ", dim)
+    if len(fields) <= dim or _FLOAT.fullmatch(fields[0].split(b" ")[-1]):
+        n = len(line.split()) - 1
+        # On the first line the likely cause is a file of another size, not one bad line.
+        other = f": this file holds {n}-d vectors, not {dim}-d" if first else ""
+        raise SpinnError(f"{where}: {n} values after the word, expected {dim}{other}")
+    return fields[0], b" ".join(fields[1:])
+
+
+def _parse_row(values: bytes, name: str, line_no: int, dim: int) -> np.ndarray:
+    """The ``dim`` numbers of a kept row, or SpinnError.
+
+    Only the rows kept are checked in full: a stray space can pass the count in `_scan`, and one NaN
+    would spread to every random vector through the standard deviation.
+    """
+    try:
+        row = np.asarray(values.split(), dtype=np.float32)
+    except ValueError as err:
+        raise SpinnError(f"{at(name, line_no)}: a value is not a number ({err})") from None
+    if row.shape != (dim,):
+        raise SpinnError(f"{at(name, line_no)}: {row.size} values after the word, expected {dim}")
+    if not np.isfinite(row).all():
+        raise SpinnError(f"{at(name, line_no)}: a value is not finite (nan or inf), expected numbers")
+    return row
 
 
 @contextmanager
