@@ -273,31 +273,42 @@ def load_nli(
         "check_text": check_text,
     }
     if use_cache:
-        tag = "nli" + ("-lower" if lowercase else "") + ("-skip" if skip_invalid else "")
-        if max_length is not None:
-            tag += f"-max{max_length}{too_long}"
-        if not check_text:
-            tag += "-textunchecked"
-        target = cache_path(path, tag, cache_dir)
+        target = cache_path(path, _nli_tag(**options), cache_dir)
         key = {"source": source_key(path) if path.is_file() else None, "options": options}
         payload = load_cache(target, key)
         if payload is not None:
             return NLITable.from_payload(payload)
+    table = _parse_nli(path, workers, progress, options)
+    if use_cache:
+        save_cache(target, key, table.to_payload())
+    return table
+
+
+def _nli_tag(
+    lowercase: bool, skip_invalid: bool, max_length: int | None, too_long: str, check_text: bool
+) -> str:
+    """The cache file's tag: the reading options that change the table, readable in its name."""
+    tag = "nli" + ("-lower" if lowercase else "") + ("-skip" if skip_invalid else "")
+    if max_length is not None:
+        tag += f"-max{max_length}{too_long}"
+    if not check_text:
+        tag += "-textunchecked"
+    return tag
+
+
+def _parse_nli(path: Path, workers: int, progress: bool, options: dict[str, Any]) -> NLITable:
+    """Read the file into a table: in ``workers`` processes where it is a large uncompressed ``.jsonl``."""
     if (
         workers > 1
         and path.suffix == ".jsonl"
         and path.is_file()
         and path.stat().st_size >= PARALLEL_MIN_BYTES
     ):
-        table = _read_parallel(path, workers, **options)
-    else:
-        data = read_nli(path, progress=progress, **options)
-        table = NLITable.from_examples(
-            data.examples, no_gold=data.no_gold, invalid=data.invalid, too_long=data.too_long
-        )
-    if use_cache:
-        save_cache(target, key, table.to_payload())
-    return table
+        return _read_parallel(path, workers, **options)
+    data = read_nli(path, progress=progress, **options)
+    return NLITable.from_examples(
+        data.examples, no_gold=data.no_gold, invalid=data.invalid, too_long=data.too_long
+    )
 
 
 #: Below this size a file is read in one process: starting workers would cost more than it saves.
