@@ -347,7 +347,8 @@ def format_report(m: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Evaluate a spinn checkpoint on an NLI split.",
+        description="Evaluate a spinn checkpoint on a labelled split: sentence pairs (NLI) or, for a "
+        "classify checkpoint, single sentences (SST trees, label<TAB>parse TSV such as ListOps).",
         epilog="example: python scripts/evaluate.py --checkpoint runs/small --split dev",
     )
     parser.add_argument(
@@ -357,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--split", choices=("dev", "test"), default="dev", help="a split of the run's config")
     which.add_argument(
         "--data",
-        help="any labelled SNLI/MultiNLI .jsonl or .txt file instead of --split, read whole (the config's "
-        "data.limit applies to its splits only)",
+        help="any labelled file instead of --split, read whole (the config's data.limit applies to its "
+        "splits only): an SNLI/MultiNLI .jsonl or .txt for NLI; for classify, a file in the config's "
+        "data.format (sst trees, or tsv label<TAB>parse lines)",
     )
     parser.add_argument("--data-dir", help="override the config's data.data_dir for --split")
     parser.add_argument(
@@ -384,32 +386,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = cli.resolve_device(args.device)
     loaded = load_model(args.checkpoint, device)
     cfg = loaded.config
-    if args.transitions is not None:
-        if cfg.model.variant != "spinn":
-            raise SpinnError(
-                f"--transitions applies to the full SPINN only; this checkpoint is {cfg.model.variant!r}, "
-                "which always follows the given parses"
-            )
-        loaded.model.eval_given_transitions = args.transitions == "given"
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SpinnError(f"--batch-size: expected a value > 0, found {args.batch_size}")
-    if args.data_dir is not None:
-        cfg.data.data_dir = args.data_dir
-    path = Path(args.data) if args.data else cfg.data.path(getattr(cfg.data, args.split))
-    if path is None:
-        raise SpinnError(
-            f"the run's config has no {args.split} split (data.{args.split} is null); use --data FILE"
-        )
-    if not args.data and not path.exists() and not cfg.data.root().is_absolute():
-        raise SpinnError(
-            f"{path}: no such file; the run's config has data.data_dir {cfg.data.data_dir!r}, which is read "
-            f"relative to the current folder ({Path.cwd()}): run from the folder it trained in, or pass "
-            "--data-dir DIR"
-        )
-    name = Path(path.name.removesuffix(".gz")).stem if args.data else args.split
-    if args.transitions is not None:  # the two ways of reading a split do not overwrite each other
-        name += f"_{args.transitions}"
-
+    _apply_model_arguments(args, loaded)
+    path, name = _file_to_score(args, cfg.data)
     # The run's splits are scored as the run scored them; any other file is scored whole.
     data = replace(cfg.data, limit=None) if args.data else cfg.data
     split = load_split(path, data, loaded.vocab, task=cfg.task, progress=not args.no_progress)
@@ -436,6 +414,44 @@ def run_evaluate(args: argparse.Namespace) -> int:
     write_json(metrics_path, m, what="the metrics")
     print(f"predictions: {output}\nmetrics: {metrics_path}", file=sys.stderr)
     return 0
+
+
+def _apply_model_arguments(args: argparse.Namespace, loaded: LoadedModel) -> None:
+    """Check --transitions and --batch-size against the checkpoint, and set the transitions to follow."""
+    if args.transitions is not None:
+        if loaded.config.model.variant != "spinn":
+            raise SpinnError(
+                f"--transitions applies to the full SPINN only; this checkpoint is "
+                f"{loaded.config.model.variant!r}, which always follows the given parses"
+            )
+        loaded.model.eval_given_transitions = args.transitions == "given"
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SpinnError(f"--batch-size: expected a value > 0, found {args.batch_size}")
+
+
+def _file_to_score(args: argparse.Namespace, data: DataConfig) -> tuple[Path, str]:
+    """(path, name): the file --data or --split names, and the name its outputs carry.
+
+    Raises:
+        SpinnError: a split the config does not have, or one missing because of a relative data.data_dir.
+    """
+    if args.data_dir is not None:
+        data.data_dir = args.data_dir
+    path = Path(args.data) if args.data else data.path(getattr(data, args.split))
+    if path is None:
+        raise SpinnError(
+            f"the run's config has no {args.split} split (data.{args.split} is null); use --data FILE"
+        )
+    if not args.data and not path.exists() and not data.root().is_absolute():
+        raise SpinnError(
+            f"{path}: no such file; the run's config has data.data_dir {data.data_dir!r}, which is read "
+            f"relative to the current folder ({Path.cwd()}): run from the folder it trained in, or pass "
+            "--data-dir DIR"
+        )
+    name = Path(path.name.removesuffix(".gz")).stem if args.data else args.split
+    if args.transitions is not None:  # the two ways of reading a split do not overwrite each other
+        name += f"_{args.transitions}"
+    return path, name
 
 
 def main(argv: list[str] | None = None) -> int:

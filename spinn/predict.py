@@ -358,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hypothesis", help="raw text or a binary parse")
     parser.add_argument("--sentence", help="classify checkpoints: the sentence, raw text or a binary parse")
     parser.add_argument(
-        "--input", help="a .jsonl or .tsv file of pairs (or sentences) instead of --premise/--hypothesis"
+        "--input",
+        help="a .jsonl file, or a .tsv/.txt with a header row, of pairs (or sentences) instead of "
+        "--premise/--hypothesis (or --sentence)",
     )
     parser.add_argument("--output", help="write JSON lines here instead of to stdout")
     parser.add_argument(
@@ -367,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="predicted",
         help="full SPINN only: parse with its own predicted transitions (default), or follow given parses",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="pairs per batch (default 64)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="pairs (or sentences) per batch (default 64)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--threads", type=cli.threads_argument, default=None, metavar="N|auto", help=cli.THREADS_HELP
