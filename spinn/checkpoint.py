@@ -13,7 +13,7 @@ A checkpoint is a dict (`FORMAT_VERSION` 1)::
     sampler         the batch sampler's state_dict      (training checkpoints only)
     rng             torch / CUDA / numpy / python RNG states as tensors and lists (training only)
     state           the loop's position: step, epoch, best dev accuracy and its step, evaluations
-                    since the best (`spinn.train.TrainState`)
+                    since the best (`spinn.train_state.TrainState`)
     step, epoch     optimiser steps done; the epoch the next batch belongs to
     best_dev_acc    best dev accuracy so far (null before the first evaluation)
     dev             dev accuracy and loss of these weights (best.pt; null in last.pt)

@@ -13,7 +13,6 @@ probabilities) and a metrics JSON next to it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spinn import cli, distributed
+from spinn import cli, distributed, precision
 from spinn.checkpoint import check_weights_fit, load_checkpoint
 from spinn.config import Config, DataConfig, build_model, class_names, config_from_dict
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
@@ -189,7 +188,7 @@ def evaluate(
     distributed.broadcast_buffers(model)  # every rank scores with rank 0's batch-norm statistics
     mine = distributed.shard(n)  # (n / K,) this rank's pairs; all of them in a single process
     sampler = BucketBatchSampler(dataset.lengths[mine], batch_size, shuffle=False)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = precision.autocast(bf16, device)  # as in training: bf16 on CUDA only
     for local in tqdm(sampler, desc=desc, leave=False, disable=not progress, unit="batch"):
         indices = mine[local].tolist()
         batch = collate_nli([dataset[i] for i in indices], schedule=True).to(device)

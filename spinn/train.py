@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import math
-import os
 import random
-import shutil
 import signal
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,18 +37,11 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from spinn import cli, distributed
-from spinn.checkpoint import (
-    any_non_finite,
-    check_weights_fit,
-    first_non_finite,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from spinn import cli, distributed, precision
+from spinn.checkpoint import any_non_finite, first_non_finite, load_checkpoint, rng_state, save_checkpoint
 from spinn.config import (
     Config,
+    TrainConfig,
     apply_overrides,
     build_model,
     config_from_dict,
@@ -65,17 +55,11 @@ from spinn.data.batching import BucketBatchSampler, NLIBatch, NLIDataset, collat
 from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
-from spinn.evaluate import Split, evaluate, read_table, split_metrics
-from spinn.io import (
-    atomic_write,
-    check_readable,
-    remove_stale_temporaries,
-    strerror,
-    to_json,
-    write_json,
-    write_text,
-)
-from spinn.model.classifier import NLIClassifier
+from spinn.evaluate import EvalResult, Split, evaluate, read_table, split_metrics
+from spinn.io import atomic_write, check_readable, to_json, write_json, write_text
+from spinn.model.classifier import ClassifierOutput, NLIClassifier
+from spinn.run_dir import check_run_dir, own_run_dir
+from spinn.train_state import LogWindow, TrainState, checkpoint_state, restore
 
 #: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
 #: the vocabulary or the order of the batches.
@@ -112,24 +96,6 @@ class Data:
     test: Split | None
     #: (len(vocab), d_embed) GloVe rows for a new run; None when resuming or without GloVe.
     embeddings: torch.Tensor | None
-
-
-@dataclass
-class TrainState:
-    """Where the loop is; saved in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    best_dev_acc: float | None = None
-    best_step: int | None = None
-    evals_since_best: int = 0
-    #: The step of the last dev evaluation: a resumed run that has none left to take does not repeat it.
-    evaluated_step: int | None = None
-    #: This rank's train loss sum, correct predictions and pairs since the last log line, so that the
-    #: first line after a resume covers the same steps as without the interruption.
-    log_window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0])
-    #: Seconds spent training (and evaluating on dev) over every session of the run so far.
-    train_seconds: float = 0.0
 
 
 @dataclass
@@ -203,89 +169,6 @@ def setup_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | Non
     cfg.train.out_dir = out_dir
     validate(cfg)
     return cfg, ckpt
-
-
-#: What a run writes into its folder: a folder that holds any of these holds a run.
-RUN_FILES = (
-    "config.yaml",
-    "vocab.json",
-    "log.jsonl",
-    "last.pt",
-    "best.pt",
-    "summary.json",
-    "learning_curve.png",
-    "tb",
-)
-#: The file a training process holds an advisory lock on while it owns its run folder.
-LOCK_FILE = ".lock"
-
-
-def check_run_dir(out: Path, resuming: bool, overwrite: bool) -> None:
-    """The run folder, checked before anything is read or created: a folder or a path that can become
-    one, and no run in it unless this is a resume or `overwrite` is given.
-
-    Raises:
-        SpinnError: train.out_dir is a file or lies under one, or it holds a run and this is neither a
-            resume nor an overwrite.
-    """
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "is a file" if existing == out else f"lies under a file, {existing}"
-        raise SpinnError(f"train.out_dir: {out} {where}; expected a folder")
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if found and not (resuming or overwrite):
-        raise SpinnError(
-            f"{out}: already holds a run ({', '.join(found)}); continue it with --resume {out}, replace it "
-            f"with --overwrite, or start a new one elsewhere with --set train.out_dir=OTHER_DIR"
-        )
-
-
-@contextlib.contextmanager
-def own_run_dir(out: Path, resuming: bool, overwrite: bool) -> Iterator[None]:
-    """Create the run folder and hold an advisory lock on it while the block runs: one process writes a
-    run folder at a time. The kernel releases the lock when the process dies, so a killed run resumes.
-    With `overwrite`, the old run's files are deleted once the lock is held.
-
-    Raises:
-        SpinnError: the folder cannot be created, or another process holds its lock.
-    """
-    if not cli.is_main_process():  # the other ranks of a distributed run write nothing there
-        yield
-        return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / LOCK_FILE, "a+", encoding="utf-8")  # held open while the block runs
-    except OSError as err:
-        raise SpinnError(f"{out}: cannot create the run folder ({strerror(err)})") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            raise SpinnError(
-                f"{out}: another training process (pid {holder}) is writing this run folder; wait for it "
-                f"to end, or use another train.out_dir"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        check_run_dir(out, resuming, overwrite)  # again: a run may have ended here since the first check
-        if overwrite:
-            remove_run_files(out)
-        remove_stale_temporaries(out)
-        yield
-
-
-def remove_run_files(out: Path) -> None:
-    """Delete the files of the run in `out` (--overwrite)."""
-    for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
@@ -419,15 +302,9 @@ def check_tensorboard(cfg: Config) -> None:
         ) from None
 
 
-def _non_finite(
-    loss: torch.Tensor,
-    grad_norm: torch.Tensor,
-    state: TrainState,
-    position: tuple[int, int],
-    batch: NLIBatch,
-    run_dir: Path,
-) -> SpinnError:
-    batch_no, n_batches = position
+def loss_not_finite(loss: torch.Tensor, grad_norm: torch.Tensor, loop: Loop, batch: NLIBatch) -> SpinnError:
+    """The error for a step whose loss or gradient norm is not finite on some rank."""
+    state, run_dir = loop.state, loop.run_dir
     if torch.isfinite(loss + grad_norm):
         # DDP averages the gradients over the ranks, not the losses: the fault is another rank's loss.
         what = "the training loss of another rank is not finite (its own error names its pairs)"
@@ -438,8 +315,8 @@ def _non_finite(
             f"the training {name} is {value.item()}, expected a finite number (pairs of this batch: {pairs})"
         )
     return SpinnError(
-        f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {n_batches}): {what}; stopped "
-        f"without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
+        f"step {state.step + 1} (epoch {state.epoch}, batch {loop.consumed} of {len(loop.sampler)}): {what}; "
+        f"stopped without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
         f"optim.grad_clip, then --resume {run_dir}"
     )
 
@@ -495,99 +372,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def restore(
-    ckpt: dict[str, Any],
-    model: NLIClassifier,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    sampler: BucketBatchSampler,
-    averaged: AveragedModel | None = None,
-) -> TrainState:
-    """Load a training checkpoint's states into the objects; return the loop's position.
-
-    Raises:
-        SpinnError: the checkpoint is a model-only one, or its states do not fit these objects.
-    """
-    missing = [k for k in ("optimizer", "scheduler", "sampler", "rng", "state") if k not in ckpt]
-    if missing:
-        raise SpinnError(f"cannot resume from a checkpoint without {', '.join(missing)} (use last.pt)")
-    # With a moving average, "model" holds the average and "online_model" the optimiser's weights.
-    online = ckpt.get("online_model", ckpt["model"])
-    check_weights_fit(model, online, "the checkpoint to resume from")
-    model.load_state_dict(online)
-    # The states bring back the learning rate and weight decay they were saved with; the config's
-    # (which built these objects) apply from here on.
-    base_lrs, decays = list(scheduler.base_lrs), [g["weight_decay"] for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError) as err:
-        raise SpinnError(f"the checkpoint's optimizer state does not fit the model: {err}") from None
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scheduler.base_lrs = base_lrs
-    for group, base, decay, lr_lambda in zip(
-        optimizer.param_groups, base_lrs, decays, scheduler.lr_lambdas, strict=True
-    ):
-        group.update(initial_lr=base, lr=base * lr_lambda(scheduler.last_epoch), weight_decay=decay)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr reads
-    sampler.load_state_dict(distributed.sampler_state(ckpt["sampler"]))
-    set_rng_state(ckpt["rng_ranks"][distributed.rank()] if "rng_ranks" in ckpt else ckpt["rng"])
-    state = TrainState(**ckpt["state"])
-    if "log_window_ranks" in ckpt:
-        state.log_window = ckpt["log_window_ranks"][distributed.rank()]
-    if averaged is not None:
-        averaged.module.load_state_dict(ckpt["model"])
-        averaged.n_averaged.fill_(state.step)  # one update per step; 0 would restart it from a copy
-    return state
-
-
-def checkpoint_state(
-    cfg: Config,
-    vocab: Vocab,
-    model: NLIClassifier,
-    state: TrainState,
-    *,
-    dev: dict[str, Any] | None,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
-    sampler: dict[str, Any] | None = None,
-    rng_ranks: list[dict[str, Any]] | None = None,
-    log_windows: list[list[float]] | None = None,
-    averaged: AveragedModel | None = None,
-) -> dict[str, Any]:
-    """What a checkpoint holds (see `spinn.checkpoint`); the training parts only when given.
-
-    `sampler`: the training sampler's `state_dict` at the batches the loop has consumed.
-    `rng_ranks`, `log_windows`: every rank's `rng_state` and `TrainState.log_window` in a distributed
-    run (ckpt["rng"] and ckpt["state"] hold rank 0's).
-    `averaged`: the moving average of the weights, saved as "model" (what evaluation and prediction
-    load); a training checkpoint then keeps the optimiser's weights as "online_model".
-    """
-    ckpt = {
-        "config": config_to_dict(cfg),
-        "vocab": vocab.to_dict(),
-        "model": (model if averaged is None else averaged.module).state_dict(),
-        "step": state.step,
-        "epoch": state.epoch,
-        "best_dev_acc": state.best_dev_acc,
-        "dev": dev,
-        "state": dict(state.__dict__),
-    }
-    if optimizer is not None:
-        ckpt.update(
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            sampler=sampler,
-            rng=rng_state(),
-        )
-        if rng_ranks is not None and len(rng_ranks) > 1:
-            ckpt["rng_ranks"] = rng_ranks
-        if log_windows is not None and len(log_windows) > 1:
-            ckpt["log_window_ranks"] = log_windows
-        if averaged is not None:
-            ckpt["online_model"] = model.state_dict()
-    return ckpt
-
-
 @dataclass
 class StopRequest:
     """Set by SIGINT/SIGTERM; the loop saves a checkpoint and stops after the current step."""
@@ -639,210 +423,284 @@ def train(
     average of the weights, updated after every step) the average is what is evaluated and saved.
     """
     t = cfg.train
-    started = time.perf_counter() - state.train_seconds  # the clock of the whole run, over its resumes
-    main = cli.is_main_process()
-    # DistributedDataParallel under torchrun, the model itself otherwise; checkpoints save `model`.
-    wrapped = distributed.wrap(model, device)
-    forward = torch.compile(wrapped) if t.compile else wrapped
-    evaluated = model if averaged is None else averaged.module
-    bf16 = t.bf16 and device.type == "cuda"
-    if t.bf16 and not bf16:
-        warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}", stacklevel=2)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    clip = math.inf if cfg.optim.grad_clip is None else cfg.optim.grad_clip  # inf: the norm, no clipping
-    steps_per_epoch = len(sampler)
-    watched = watched_weights(model)
-    watched_tensors = [tensor for _, tensor in watched]
-    planned = [n for n in (t.max_steps, t.epochs and t.epochs * steps_per_epoch) if n]
-    bar = tqdm(
-        total=min(planned),
-        initial=state.step,
-        unit="step",
-        disable=not (t.progress and main),
-        dynamic_ncols=True,
-    )
-
-    def evaluate_and_save() -> bool:
-        """Whole-dev evaluation, checkpoints and a log line; True when patience has run out."""
-        result = evaluate(
-            evaluated,
-            data.dev.dataset,
-            batch_size=t.eval_batch_size,
-            device=device,
-            bf16=bf16,
-            progress=t.progress and main,
-            desc="dev",
-        )
-        model.train()
-        check_dev_loss(result.loss, state, run_dir)
-        state.evaluated_step = state.step
-        improved = state.best_dev_acc is None or result.accuracy > state.best_dev_acc
-        if improved:
-            state.best_dev_acc, state.best_step, state.evals_since_best = result.accuracy, state.step, 0
-        else:
-            state.evals_since_best += 1
-        record = {
-            "step": state.step,
-            "epoch": epoch_position(),
-            "split": "dev",
-            "loss": result.loss,
-            "acc": result.accuracy,
-            "best_acc": state.best_dev_acc,
-        }
-        if result.parse_accuracy is not None:
-            record["parse_acc"] = result.parse_accuracy
-        if main:
-            log.write(record)
-            if improved:
-                save_checkpoint(
-                    checkpoint_state(
-                        cfg, data.vocab, model, state, dev=split_metrics(result, data.dev), averaged=averaged
-                    ),
-                    run_dir / "best.pt",
-                )
-        save_last()
-        tqdm.write(
-            f"step {state.step}: dev acc {result.accuracy:.4f} (best {state.best_dev_acc:.4f} "
-            f"at step {state.best_step})"
-        )
-        return t.patience is not None and state.evals_since_best >= t.patience
-
-    def save_last() -> None:
-        """Every rank calls it: it gathers each rank's random state and log window, for an exact resume."""
-        state.log_window = [float(loss_sum), float(correct), examples]
-        state.train_seconds = time.perf_counter() - started
-        rng_ranks = distributed.gather_to_main(rng_state())
-        log_windows = distributed.gather_to_main(state.log_window)
-        if main:
-            save_checkpoint(
-                checkpoint_state(
-                    cfg,
-                    data.vocab,
-                    model,
-                    state,
-                    dev=None,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    sampler=sampler.state_dict(batches_consumed=consumed),
-                    rng_ranks=rng_ranks,
-                    log_windows=log_windows,
-                    averaged=averaged,
-                ),
-                run_dir / "last.pt",
-            )
-
-    def epoch_position() -> float:
-        position = sampler.state_dict(batches_consumed=consumed)
-        return position["epoch"] + position["batches_consumed"] / max(steps_per_epoch, 1)
-
-    # Sums over the steps since the last log line; tensors so that a GPU is not synced every step.
-    # A resumed run continues the window its checkpoint saved.
-    loss_sum, correct, examples, window_start = (
-        torch.tensor(float(state.log_window[0]), device=device),
-        torch.tensor(float(state.log_window[1]), device=device),
-        int(state.log_window[2]),
-        time.perf_counter(),
-    )
-    reason = None
-    # A run resumed from its final checkpoint (killed while summarising, or asked for fewer steps than
-    # it has taken) has no step left to take.
-    if t.max_steps is not None and state.step >= t.max_steps:
-        reason = "max_steps"
-    elif t.epochs is not None and state.epoch >= t.epochs:
-        reason = "epochs"
-    elif t.patience is not None and state.evals_since_best >= t.patience:
-        reason = "early_stopping"
-    if reason is not None and main:
-        print(f"no training left: the run is at step {state.step}, epoch {state.epoch} ({reason} reached)")
-    # The batches of the epoch taken so far: the sampler's own count runs ahead of it by what the
-    # loader's workers have prefetched.
-    consumed = sampler.start
+    loop = Loop(cfg, data, model, optimizer, scheduler, sampler, state, log, run_dir, device, averaged)
+    step = setup_step(cfg, model, device)
+    bar = progress_bar(loop)
+    reason = no_training_left(t, state)
     batches = nli_batches(data.train.dataset, sampler, workers=t.loader_workers)
     if state.step == 0:
-        save_last()  # a run killed before its first evaluation can be resumed too
+        save_last(loop)  # a run killed before its first evaluation can be resumed too
     model.train()
     with stop_on_signals() as stop:
         while reason is None:
             sampler.set_epoch(state.epoch)
-            consumed = sampler.start
+            loop.consumed = sampler.start
             for batch in batches:
-                consumed += 1
+                loop.consumed += 1
                 batch = batch.to(device)
-                with autocast:
-                    out = forward(batch)  # ClassifierOutput: logits (B, 3), transition loss
-                    loss = model.loss(out, batch.labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, clip)
-                # One host sync a step checks both, before the step could spoil the weights: the
-                # checkpoints on disk predate it. Every rank stops at the step where any rank's are not
-                # finite (alone, it would leave the others waiting on it in their next all-reduce).
-                if distributed.any_rank(not torch.isfinite(loss + grad_norm), device):
-                    raise _non_finite(loss, grad_norm, state, (consumed, steps_per_epoch), batch, run_dir)
-                optimizer.step()
-                scheduler.step()
-                if averaged is not None:
-                    averaged.update_parameters(model)
-                # One reduction and one host sync: a step that spoilt the weights or the batch-norm
-                # statistics stops the run before any checkpoint could hold them.
-                if distributed.any_rank(bool(any_non_finite(watched_tensors)), device):
-                    raise weights_not_finite(watched, state, run_dir)
+                done = train_step(loop, step, batch)
+                loop.window.add(done.loss, done.out.logits, batch.labels)
                 state.step += 1
                 bar.update(1)
-                loss_sum += loss.detach().float() * len(batch)
-                correct += (out.logits.argmax(dim=1) == batch.labels).sum()
-                examples += len(batch)
-
                 if state.step % t.log_every == 0:
-                    seconds = time.perf_counter() - window_start
-                    # Summed over the ranks: the figures of the global batches and of the whole run.
-                    pairs = torch.tensor(float(examples), device=device)
-                    (window,) = distributed.sum_over_ranks(torch.stack([loss_sum, correct.float(), pairs]))
-                    window_loss, window_correct, window_examples = window.tolist()
-                    record = {
-                        "step": state.step,
-                        "epoch": epoch_position(),
-                        "split": "train",
-                        "loss": window_loss / window_examples,
-                        "acc": window_correct / window_examples,
-                        "lr": scheduler.get_last_lr()[0],
-                        "examples_per_s": window_examples / seconds,
-                    }
-                    if main:
-                        log.write(record)
-                    bar.set_postfix(
-                        loss=f"{record['loss']:.3f}",
-                        acc=f"{record['acc']:.3f}",
-                        ex_s=f"{record['examples_per_s']:.0f}",
-                    )
-                    loss_sum.zero_()
-                    correct.zero_()
-                    examples, window_start = 0, time.perf_counter()
-
-                if state.step % t.eval_every == 0:
-                    eval_start = time.perf_counter()
-                    if evaluate_and_save():
-                        reason = "early_stopping"
-                    window_start += time.perf_counter() - eval_start  # examples/s counts training time only
-                if t.max_steps is not None and state.step >= t.max_steps:
-                    reason = reason or "max_steps"
-                # All ranks leave at the same step, whichever of them caught the signal.
-                if distributed.any_rank(stop.signum is not None, device):
-                    reason = signal.Signals(stop.signum or signal.SIGTERM).name
+                    log_train(loop, bar)
+                reason = after_step(loop, stop)
                 if reason is not None:
                     break
             else:
                 state.epoch += 1
                 if t.epochs is not None and state.epoch >= t.epochs:
                     reason = "epochs"
-        bar.close()
-        if reason in INTERRUPTIONS:
-            save_last()
-            return reason
-        if state.evaluated_step != state.step:
-            evaluate_and_save()
+    bar.close()
+    if reason in INTERRUPTIONS:
+        save_last(loop)
+        return reason
+    if state.evaluated_step != state.step:
+        evaluate_and_save(loop)
     return reason
+
+
+@dataclass
+class Loop:
+    """What the pieces of `train` share: the objects the loop drives (its arguments) and where it stands."""
+
+    cfg: Config
+    data: Data
+    model: NLIClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: BucketBatchSampler
+    state: TrainState
+    log: RunLog
+    run_dir: Path
+    device: torch.device
+    #: The moving average of the weights (optim.ema_decay), or None.
+    averaged: AveragedModel | None
+    #: This process writes the files (rank 0 of a distributed run).
+    main: bool = field(init=False)
+    #: `time.perf_counter` at the start of the run, earlier sessions included: train_seconds counts from it.
+    started: float = field(init=False)
+    #: The sums since the last train log line; a resumed run continues the window its checkpoint saved.
+    window: LogWindow = field(init=False)
+    #: The batches of the epoch taken so far: the sampler's own count runs ahead of it by what the
+    #: loader's workers have prefetched.
+    consumed: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.main = cli.is_main_process()
+        self.started = time.perf_counter() - self.state.train_seconds
+        self.window = LogWindow.resume(self.state.log_window, self.device)
+        self.consumed = self.sampler.start
+
+    @property
+    def evaluated(self) -> NLIClassifier:
+        """The weights dev evaluation scores and checkpoints save as "model": the average, if any."""
+        return self.model if self.averaged is None else self.averaged.module
+
+    def epoch_position(self) -> float:
+        """Epochs done, with the fraction of the current one, for the log."""
+        position = self.sampler.state_dict(batches_consumed=self.consumed)
+        return position["epoch"] + position["batches_consumed"] / max(len(self.sampler), 1)
+
+
+@dataclass
+class StepSetup:
+    """What every optimiser step uses, fixed for the whole run."""
+
+    #: DistributedDataParallel under torchrun, the model itself otherwise, compiled with train.compile.
+    forward: Callable[[NLIBatch], ClassifierOutput]
+    #: bf16 autocast or nothing (`spinn.precision.autocast`).
+    autocast: contextlib.AbstractContextManager
+    trainable: list[torch.Tensor]
+    #: optim.grad_clip; inf measures the norm and clips nothing.
+    clip: float
+    #: What a step changes, by name (`watched_weights`), and the same tensors alone.
+    watched: list[tuple[str, torch.Tensor]]
+    watched_tensors: list[torch.Tensor]
+
+
+def setup_step(cfg: Config, model: NLIClassifier, device: torch.device) -> StepSetup:
+    wrapped = distributed.wrap(model, device)  # checkpoints save `model`, never the wrapper
+    watched = watched_weights(model)
+    return StepSetup(
+        forward=torch.compile(wrapped) if cfg.train.compile else wrapped,
+        autocast=precision.autocast(cfg.train.bf16, device),
+        trainable=[p for p in model.parameters() if p.requires_grad],
+        clip=math.inf if cfg.optim.grad_clip is None else cfg.optim.grad_clip,
+        watched=watched,
+        watched_tensors=[tensor for _, tensor in watched],
+    )
+
+
+class StepOutput(NamedTuple):
+    out: ClassifierOutput
+    #: () the batch's mean loss, still on the device.
+    loss: torch.Tensor
+
+
+def train_step(loop: Loop, step: StepSetup, batch: NLIBatch) -> StepOutput:
+    """One optimiser step on `batch` (and the moving average's).
+
+    Raises:
+        SpinnError: the loss, the gradient norm or a weight after the step is not finite on some rank.
+    """
+    with step.autocast:
+        out = step.forward(batch)  # ClassifierOutput: logits (B, C), transition loss
+        loss = loop.model.loss(out, batch.labels)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(step.trainable, step.clip)
+    # One host sync a step checks both, before the step could spoil the weights: the checkpoints on
+    # disk predate it. Every rank stops at the step where any rank's are not finite (alone, it would
+    # leave the others waiting on it in their next all-reduce).
+    if distributed.any_rank(not torch.isfinite(loss + grad_norm), loop.device):
+        raise loss_not_finite(loss, grad_norm, loop, batch)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    if loop.averaged is not None:
+        loop.averaged.update_parameters(loop.model)
+    # One reduction and one host sync: a step that spoilt the weights or the batch-norm statistics
+    # stops the run before any checkpoint could hold them.
+    if distributed.any_rank(bool(any_non_finite(step.watched_tensors)), loop.device):
+        raise weights_not_finite(step.watched, loop.state, loop.run_dir)
+    return StepOutput(out, loss)
+
+
+def progress_bar(loop: Loop) -> tqdm:
+    t = loop.cfg.train
+    planned = [n for n in (t.max_steps, t.epochs and t.epochs * len(loop.sampler)) if n]
+    return tqdm(
+        total=min(planned),
+        initial=loop.state.step,
+        unit="step",
+        disable=not (t.progress and loop.main),
+        dynamic_ncols=True,
+    )
+
+
+def no_training_left(t: TrainConfig, state: TrainState) -> str | None:
+    """The reason a run resumed from its final checkpoint (killed while summarising, or asked for fewer
+    steps than it has taken) has no step left to take; None when it has some."""
+    reason = None
+    if t.max_steps is not None and state.step >= t.max_steps:
+        reason = "max_steps"
+    elif t.epochs is not None and state.epoch >= t.epochs:
+        reason = "epochs"
+    elif state.out_of_patience(t.patience):
+        reason = "early_stopping"
+    if reason is not None and cli.is_main_process():
+        print(f"no training left: the run is at step {state.step}, epoch {state.epoch} ({reason} reached)")
+    return reason
+
+
+def after_step(loop: Loop, stop: StopRequest) -> str | None:
+    """Evaluate on dev when due; the reason to stop after this step, if any (the same on every rank)."""
+    t, state = loop.cfg.train, loop.state
+    reason = None
+    if state.step % t.eval_every == 0:
+        eval_start = time.perf_counter()
+        if evaluate_and_save(loop):
+            reason = "early_stopping"
+        loop.window.started += time.perf_counter() - eval_start  # examples/s counts training time only
+    if t.max_steps is not None and state.step >= t.max_steps:
+        reason = reason or "max_steps"
+    # All ranks leave at the same step, whichever of them caught the signal.
+    if distributed.any_rank(stop.signum is not None, loop.device):
+        reason = signal.Signals(stop.signum or signal.SIGTERM).name
+    return reason
+
+
+def log_train(loop: Loop, bar: tqdm) -> None:
+    """Close the log window: one train line (loss, accuracy, learning rate, examples/s) and the bar's."""
+    figures = loop.window.figures(loop.device)
+    record = {
+        "step": loop.state.step,
+        "epoch": loop.epoch_position(),
+        "split": "train",
+        "loss": figures.loss,
+        "acc": figures.acc,
+        "lr": loop.scheduler.get_last_lr()[0],
+        "examples_per_s": figures.examples_per_s,
+    }
+    if loop.main:
+        loop.log.write(record)
+    bar.set_postfix(
+        loss=f"{figures.loss:.3f}", acc=f"{figures.acc:.3f}", ex_s=f"{figures.examples_per_s:.0f}"
+    )
+    loop.window.reset()
+
+
+def evaluate_and_save(loop: Loop) -> bool:
+    """Whole-dev evaluation, a log line, best.pt when it is the best so far, and last.pt; True when
+    patience has run out."""
+    t, state = loop.cfg.train, loop.state
+    result = evaluate(
+        loop.evaluated,
+        loop.data.dev.dataset,
+        batch_size=t.eval_batch_size,
+        device=loop.device,
+        bf16=t.bf16,
+        progress=t.progress and loop.main,
+        desc="dev",
+    )
+    loop.model.train()
+    check_dev_loss(result.loss, state, loop.run_dir)
+    improved = state.record_dev(result.accuracy)
+    record = {
+        "step": state.step,
+        "epoch": loop.epoch_position(),
+        "split": "dev",
+        "loss": result.loss,
+        "acc": result.accuracy,
+        "best_acc": state.best_dev_acc,
+    }
+    if result.parse_accuracy is not None:
+        record["parse_acc"] = result.parse_accuracy
+    if loop.main:
+        loop.log.write(record)
+        if improved:
+            save_best(loop, result)
+    save_last(loop)
+    tqdm.write(
+        f"step {state.step}: dev acc {result.accuracy:.4f} (best {state.best_dev_acc:.4f} "
+        f"at step {state.best_step})"
+    )
+    return state.out_of_patience(t.patience)
+
+
+def save_best(loop: Loop, result: EvalResult) -> None:
+    """best.pt: the evaluated weights and their dev figures (rank 0 only)."""
+    dev = split_metrics(result, loop.data.dev)
+    ckpt = checkpoint_state(
+        loop.cfg, loop.data.vocab, loop.model, loop.state, dev=dev, averaged=loop.averaged
+    )
+    save_checkpoint(ckpt, loop.run_dir / "best.pt")
+
+
+def save_last(loop: Loop) -> None:
+    """last.pt, to resume from. Every rank calls it: it gathers each rank's random state and log
+    window, for an exact resume."""
+    state = loop.state
+    state.log_window = loop.window.saved()
+    state.train_seconds = time.perf_counter() - loop.started
+    rng_ranks = distributed.gather_to_main(rng_state())
+    log_windows = distributed.gather_to_main(state.log_window)
+    if not loop.main:
+        return
+    ckpt = checkpoint_state(
+        loop.cfg,
+        loop.data.vocab,
+        loop.model,
+        state,
+        dev=None,
+        optimizer=loop.optimizer,
+        scheduler=loop.scheduler,
+        sampler=loop.sampler.state_dict(batches_consumed=loop.consumed),
+        rng_ranks=rng_ranks,
+        log_windows=log_windows,
+        averaged=loop.averaged,
+    )
+    save_checkpoint(ckpt, loop.run_dir / "last.pt")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -874,7 +732,7 @@ def summarize(
             data.test.dataset,
             batch_size=cfg.train.eval_batch_size,
             device=device,
-            bf16=cfg.train.bf16 and device.type == "cuda",  # as the dev evaluations that chose it
+            bf16=cfg.train.bf16,  # as the dev evaluations that chose it
             progress=cfg.train.progress and cli.is_main_process(),
             desc="best on test",
         )
@@ -930,7 +788,8 @@ def dry_run(cfg: Config, data: Data, model: NLIClassifier, device: torch.device)
     indices = next(iter(setup_sampler(cfg, data)))
     batch = collate_nli([data.train.dataset[i] for i in indices], schedule=True).to(device)
     model.train()
-    loss = model.loss(model(batch), batch.labels)
+    with precision.autocast(cfg.train.bf16, device):  # as in training
+        loss = model.loss(model(batch), batch.labels)
     loss.backward()
     print(
         f"dry run: one batch of {len(batch)} pairs, loss {loss.item():.4f}; config, data and model are fine"
@@ -1037,6 +896,8 @@ def setup_device(cfg: Config, ckpt: dict[str, Any] | None) -> torch.device:
             f"train.batch_size {cfg.train.batch_size} gives {local} pair per process and batch norm "
             f"(model.batch_norm) cannot train on one: use at least {2 * distributed.world_size()}"
         )
+    if cfg.train.bf16 and not precision.bf16_applies(cfg.train.bf16, device):
+        warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}", stacklevel=2)
     if cfg.train.compile:
         check_compile(device)
     check_tensorboard(cfg)
