@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from spinn import cli, distributed, precision
+from spinn import cli, distributed
 from spinn.checkpoint import check_weights_fit, load_checkpoint
 from spinn.config import Config, DataConfig, build_model, class_names, config_from_dict
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
@@ -35,6 +35,7 @@ from spinn.data.vocab import Vocab
 from spinn.errors import SpinnError
 from spinn.io import atomic_write, to_json, write_json
 from spinn.model.classifier import NLIClassifier
+from spinn.precision import bf16_autocast
 from spinn.transitions import PAD
 
 
@@ -188,7 +189,7 @@ def evaluate(
     distributed.broadcast_buffers(model)  # every rank scores with rank 0's batch-norm statistics
     mine = distributed.shard(n)  # (n / K,) this rank's pairs; all of them in a single process
     sampler = BucketBatchSampler(dataset.lengths[mine], batch_size, shuffle=False)
-    autocast = precision.autocast(bf16, device)  # as in training: bf16 on CUDA only
+    autocast = bf16_autocast(bf16, device)  # as in training: bf16 on CUDA only
     for local in tqdm(sampler, desc=desc, leave=False, disable=not progress, unit="batch"):
         indices = mine[local].tolist()
         batch = collate_nli([dataset[i] for i in indices], schedule=True).to(device)

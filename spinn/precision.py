@@ -12,7 +12,7 @@ def bf16_applies(requested: bool, device: torch.device) -> bool:
     return requested and device.type == "cuda"
 
 
-def autocast(requested: bool, device: torch.device) -> contextlib.AbstractContextManager:
+def bf16_autocast(requested: bool, device: torch.device) -> contextlib.AbstractContextManager:
     """A bf16 autocast context where `bf16_applies`, and one that changes nothing elsewhere."""
     if bf16_applies(requested, device):
         return torch.autocast("cuda", dtype=torch.bfloat16)

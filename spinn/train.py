@@ -37,7 +37,7 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from spinn import cli, distributed, precision
+from spinn import cli, distributed
 from spinn.checkpoint import any_non_finite, first_non_finite, load_checkpoint, rng_state, save_checkpoint
 from spinn.config import (
     Config,
@@ -58,6 +58,7 @@ from spinn.errors import SpinnError
 from spinn.evaluate import EvalResult, Split, evaluate, read_table, split_metrics
 from spinn.io import atomic_write, check_readable, to_json, write_json, write_text
 from spinn.model.classifier import ClassifierOutput, NLIClassifier
+from spinn.precision import bf16_applies, bf16_autocast
 from spinn.run_dir import check_run_dir, own_run_dir
 from spinn.train_state import LogWindow, TrainState, checkpoint_state, restore
 
@@ -509,7 +510,7 @@ class StepSetup:
 
     #: DistributedDataParallel under torchrun, the model itself otherwise, compiled with train.compile.
     forward: Callable[[NLIBatch], ClassifierOutput]
-    #: bf16 autocast or nothing (`spinn.precision.autocast`).
+    #: bf16 autocast or nothing (`spinn.precision.bf16_autocast`).
     autocast: contextlib.AbstractContextManager
     trainable: list[torch.Tensor]
     #: optim.grad_clip; inf measures the norm and clips nothing.
@@ -524,7 +525,7 @@ def setup_step(cfg: Config, model: NLIClassifier, device: torch.device) -> StepS
     watched = watched_weights(model)
     return StepSetup(
         forward=torch.compile(wrapped) if cfg.train.compile else wrapped,
-        autocast=precision.autocast(cfg.train.bf16, device),
+        autocast=bf16_autocast(cfg.train.bf16, device),
         trainable=[p for p in model.parameters() if p.requires_grad],
         clip=math.inf if cfg.optim.grad_clip is None else cfg.optim.grad_clip,
         watched=watched,
@@ -788,7 +789,7 @@ def dry_run(cfg: Config, data: Data, model: NLIClassifier, device: torch.device)
     indices = next(iter(setup_sampler(cfg, data)))
     batch = collate_nli([data.train.dataset[i] for i in indices], schedule=True).to(device)
     model.train()
-    with precision.autocast(cfg.train.bf16, device):  # as in training
+    with bf16_autocast(cfg.train.bf16, device):  # as in training
         loss = model.loss(model(batch), batch.labels)
     loss.backward()
     print(
@@ -896,7 +897,7 @@ def setup_device(cfg: Config, ckpt: dict[str, Any] | None) -> torch.device:
             f"train.batch_size {cfg.train.batch_size} gives {local} pair per process and batch norm "
             f"(model.batch_norm) cannot train on one: use at least {2 * distributed.world_size()}"
         )
-    if cfg.train.bf16 and not precision.bf16_applies(cfg.train.bf16, device):
+    if cfg.train.bf16 and not bf16_applies(cfg.train.bf16, device):
         warnings.warn(f"train.bf16 applies on CUDA only; training in float32 on {device}", stacklevel=2)
     if cfg.train.compile:
         check_compile(device)
