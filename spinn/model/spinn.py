@@ -155,11 +155,7 @@ class SPINN(nn.Module):
                 model parses) lengths outside 1..N.
             ParseError: transitions that do not build one tree per sentence.
         """
-        if not isinstance(words, Tensor):
-            raise SpinnError(f"words: expected a float tensor of word vectors, found {type(words).__name__}")
-        lengths = as_long_tensor(lengths, "lengths", words.device)
-        if transitions is not None:
-            transitions = as_long_tensor(transitions, "transitions", words.device)
+        transitions, lengths = _long_inputs(words, transitions, lengths)
         batch, n_words = self._check_inputs(words, transitions, lengths)
         follow = self.transition_head is not None and not (
             self.training if use_given_transitions is None else use_given_transitions
@@ -297,6 +293,18 @@ class SPINN(nn.Module):
         )
         logits, actions, h = follow_predictions(leaves.detach(), lengths, n_words, weights)
         return self._with_transitions(h, logits, transitions, lengths, actions)
+
+
+def _long_inputs(
+    words: Tensor, transitions: Tensor | Sequence[Sequence[int]] | None, lengths: Tensor | Sequence[int]
+) -> tuple[Tensor | None, Tensor]:
+    """(transitions, lengths) as long tensors on the words' device, once ``words`` is known to be a tensor."""
+    if not isinstance(words, Tensor):
+        raise SpinnError(f"words: expected a float tensor of word vectors, found {type(words).__name__}")
+    lengths = as_long_tensor(lengths, "lengths", words.device)
+    if transitions is not None:
+        transitions = as_long_tensor(transitions, "transitions", words.device)
+    return transitions, lengths
 
 
 def _given_schedule(
