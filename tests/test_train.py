@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from nli_rows import first_rows
+from torch.optim.swa_utils import AveragedModel
 
 from spinn import cli
 from spinn.config import Config
 from spinn.model import NLIClassifier
 from spinn.train import main as train_main
-from spinn.train import plot_learning_curve, setup_optimizer, stop_on_signals
+from spinn.train import plot_learning_curve, setup_optimizer, stop_on_signals, warmed_up_ema
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -160,8 +161,9 @@ def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     weights = "encoder.reduce.gates.weight"
     assert not torch.equal(a["model"][weights], a["online_model"][weights])
-    # One step of the average: 0.9 of the last average and 0.1 of the new weights.
-    expected = 0.9 * step7["model"][weights] + 0.1 * a["online_model"][weights]
+    # The 8th update of the average (n = 7 before it): decay min(0.9, (1 + 7) / (10 + 7)).
+    decay = 8 / 17
+    expected = decay * step7["model"][weights] + (1 - decay) * a["online_model"][weights]
     torch.testing.assert_close(a["model"][weights], expected, atol=1e-6, rtol=1e-5)
 
     # The logged dev accuracy at the last step is that of the average, which evaluate.py loads.
@@ -371,3 +373,23 @@ def test_the_startup_line_names_the_encoder_that_runs(tiny_data, tmp_path, capsy
     argv = ["--config", "configs/small.yaml", "--dry-run", *[a for o in overrides for a in ("--set", o)]]
     assert train_main(argv) == 0
     assert f"model: {named}, " in capsys.readouterr().out
+
+
+def test_the_moving_average_forgets_the_initial_weights_and_statistics():
+    """A constant decay of 0.99 would keep 0.99 ** 99 (37%) of the start after 100 updates; a model
+    with batch norm then normalises by the initial running variance and predicts one class."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    start = model[0].weight.detach().clone()
+    averaged = AveragedModel(model, avg_fn=warmed_up_ema(0.99), use_buffers=True)
+    averaged.update_parameters(model)  # the first update copies the start
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].running_var.fill_(0.01)  # from 1.0 at the start
+        model[1].num_batches_tracked.fill_(100)
+    for _ in range(100):
+        averaged.update_parameters(model)
+    left = math.prod(min(0.99, (1 + n) / (10 + n)) for n in range(1, 101))  # n updates before each
+    assert left < 0.02
+    torch.testing.assert_close(averaged.module[0].weight.detach(), 1 + left * (start - 1))
+    torch.testing.assert_close(averaged.module[1].running_var, torch.full((3,), 0.01 + left * 0.99))
+    assert int(averaged.module[1].num_batches_tracked) == 100
