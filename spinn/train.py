@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,52 +38,29 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from spinn import cli, distributed
-from spinn.checkpoint import any_non_finite, first_non_finite, load_checkpoint, rng_state, save_checkpoint
+from spinn.checkpoint import any_non_finite, load_checkpoint, rng_state, save_checkpoint
 from spinn.config import (
     Config,
     TrainConfig,
-    apply_overrides,
     build_model,
-    config_from_dict,
     config_to_dict,
-    diff_configs,
     load_config,
     save_config,
-    validate,
 )
 from spinn.data.batching import BucketBatchSampler, NLIBatch, NLIDataset, collate_nli, nli_batches
 from spinn.data.glove import load_glove
 from spinn.data.vocab import Vocab
+from spinn.divergence import check_dev_loss, loss_not_finite, watched_weights, weights_not_finite
 from spinn.errors import SpinnError
 from spinn.evaluate import EvalResult, Split, evaluate, read_table, split_metrics
-from spinn.io import atomic_write, check_readable, to_json, write_json, write_text
+from spinn.io import check_readable, to_json, write_text
 from spinn.model.classifier import ClassifierOutput, NLIClassifier
 from spinn.precision import bf16_applies, bf16_autocast
+from spinn.resume import check_resumed_vocab, resumed_config
 from spinn.run_dir import check_run_dir, own_run_dir
+from spinn.signals import StopRequest, stop_on_signals
+from spinn.summary import plot_learning_curve, summarize
 from spinn.train_state import LogWindow, TrainState, checkpoint_state, restore
-
-#: Settings a resumed run keeps from its checkpoint whatever the config says: they fix the model,
-#: the vocabulary or the order of the batches.
-FIXED_ON_RESUME = (
-    "task",
-    "model.",
-    "vocab.",
-    "data.train",
-    "data.lowercase",
-    "data.limit",
-    "data.max_length",
-    "data.too_long",
-    "data.format",
-    "data.sst_labels",
-    "data.num_classes",
-    "data.phrases",
-    "data.transitions",
-    "train.seed",
-    "train.batch_size",
-    "optim.name",
-    "optim.ema_decay",
-)
-
 
 #: What `train` returns when a signal stopped it.
 INTERRUPTIONS = ("SIGINT", "SIGTERM")
@@ -147,29 +124,7 @@ def setup_config(args: argparse.Namespace) -> tuple[Config, dict[str, Any] | Non
         return load_config(args.config, args.set), None
     run_dir = Path(args.resume)
     ckpt = load_checkpoint(run_dir / "last.pt" if run_dir.is_dir() else run_dir)
-    saved = config_from_dict(ckpt["config"], f"{run_dir}: checkpoint config")
-    wanted = load_config(args.config, args.set) if args.config else apply_overrides(saved, args.set)
-    # The checkpoint fixes the model, the vocabulary and the batch order; the rest may change.
-    merged, kept = config_to_dict(wanted), config_to_dict(saved)
-    for key, old, new in diff_configs(saved, wanted):
-        if key.startswith(FIXED_ON_RESUME):
-            warnings.warn(
-                f"{key}: the checkpoint has {old!r}, the config {new!r}; resuming with {old!r}", stacklevel=2
-            )
-            section, _, name = key.partition(".")
-            if name:
-                merged[section][name] = kept[section][name]
-            else:  # a top-level key such as task
-                merged[section] = kept[section]
-            if key == "data.train":  # relative to the checkpoint's data_dir, not the config's
-                merged["data"]["train"] = str(saved.data.path(saved.data.train))
-    cfg = config_from_dict(merged, f"{run_dir}: resumed config")
-    out_dir = str(run_dir if run_dir.is_dir() else run_dir.parent)
-    if any(o.startswith("train.out_dir=") for o in args.set):
-        warnings.warn(f"train.out_dir: a resumed run stays in its folder, {out_dir}", stacklevel=2)
-    cfg.train.out_dir = out_dir
-    validate(cfg)
-    return cfg, ckpt
+    return resumed_config(run_dir, ckpt, args.config, args.set), ckpt
 
 
 def setup_data(cfg: Config, vocab: Vocab | None) -> Data:
@@ -321,62 +276,6 @@ def check_tensorboard(cfg: Config) -> None:
         ) from None
 
 
-def loss_not_finite(loss: torch.Tensor, grad_norm: torch.Tensor, loop: Loop, batch: NLIBatch) -> SpinnError:
-    """The error for a step whose loss or gradient norm is not finite on some rank."""
-    state, run_dir = loop.state, loop.run_dir
-    if torch.isfinite(loss + grad_norm):
-        # DDP averages the gradients over the ranks, not the losses: the fault is another rank's loss.
-        what = "the training loss of another rank is not finite (its own error names its pairs)"
-    else:
-        pairs = ", ".join(batch.pair_ids[:4]) + (", ..." if len(batch) > 4 else "")
-        name, value = ("loss", loss) if not torch.isfinite(loss) else ("gradient norm", grad_norm)
-        what = (
-            f"the training {name} is {value.item()}, expected a finite number (pairs of this batch: {pairs})"
-        )
-    return SpinnError(
-        f"step {state.step + 1} (epoch {state.epoch}, batch {loop.consumed} of {len(loop.sampler)}): {what}; "
-        f"stopped without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
-        f"optim.grad_clip, then --resume {run_dir}"
-    )
-
-
-def watched_weights(model: NLIClassifier) -> list[tuple[str, torch.Tensor]]:
-    """What an optimiser step changes: the trainable weights and the floating-point buffers (batch-norm
-    statistics), by name."""
-    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    return params + [(name, b) for name, b in model.named_buffers() if b.is_floating_point()]
-
-
-def weights_not_finite(
-    watched: list[tuple[str, torch.Tensor]], state: TrainState, run_dir: Path
-) -> SpinnError:
-    """The error for a step after which `any_non_finite` found a NaN or an infinity in the weights."""
-    bad = first_non_finite(watched)
-    what = (
-        f"tensor {bad} is NaN or infinite"
-        if bad is not None
-        else "the weights sum to more than float32 holds (or another rank's are not finite)"
-    )
-    return SpinnError(
-        f"step {state.step + 1}: after the optimiser step, {what}; stopped without saving, so {run_dir} "
-        f"keeps its last good checkpoints. Lower optim.lr or set optim.grad_clip, then --resume {run_dir}"
-    )
-
-
-def check_dev_loss(loss: float, state: TrainState, run_dir: Path) -> None:
-    """A non-finite dev loss never becomes a checkpoint (nor best.pt).
-
-    Raises:
-        SpinnError: the loss is NaN or infinite.
-    """
-    if not math.isfinite(loss):
-        raise SpinnError(
-            f"step {state.step}: the dev loss is {loss}, expected a finite number; stopped without saving, "
-            f"so {run_dir} keeps its last good checkpoints. Lower optim.lr or set optim.grad_clip, then "
-            f"--resume {run_dir}"
-        )
-
-
 def _logged_step(line: str) -> int | None:
     """The step of a log line; None for a line cut short by a crash or a full disk."""
     try:
@@ -389,31 +288,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop saves a checkpoint and stops after the current step."""
-
-    signum: int | None = None
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
-    stop = StopRequest()
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.signum is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        stop.signum = signum
-        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort now)")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -573,7 +447,9 @@ def train_step(loop: Loop, step: StepSetup, batch: NLIBatch) -> StepOutput:
     # disk predate it. Every rank stops at the step where any rank's are not finite (alone, it would
     # leave the others waiting on it in their next all-reduce).
     if distributed.any_rank(not torch.isfinite(loss + grad_norm), loop.device):
-        raise loss_not_finite(loss, grad_norm, loop, batch)
+        raise loss_not_finite(
+            loss, grad_norm, batch, loop.state, loop.consumed, len(loop.sampler), loop.run_dir
+        )
     loop.optimizer.step()
     loop.scheduler.step()
     if loop.averaged is not None:
@@ -722,86 +598,6 @@ def save_last(loop: Loop) -> None:
     save_checkpoint(ckpt, loop.run_dir / "last.pt")
 
 
-# ---------------------------------------------------------------------------------------------------
-# After training: the best checkpoint on dev and test, summary.json, learning_curve.png.
-# ---------------------------------------------------------------------------------------------------
-
-
-def summarize(
-    cfg: Config,
-    data: Data,
-    model: NLIClassifier,
-    state: TrainState,
-    reason: str,
-    run_dir: Path,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Evaluate the best checkpoint on test and write summary.json with its dev and test figures.
-
-    Its dev figures are those of the whole-dev evaluation that chose it (the same weights). In a
-    distributed run every rank calls it: each scores its shard of the test split, rank 0 writes.
-    """
-    distributed.barrier()  # best.pt, written by rank 0, is complete before any rank reads it
-    best = load_checkpoint(run_dir / "best.pt", map_location=device)
-    test = None
-    if data.test is not None:
-        model.load_state_dict(best["model"])
-        result = evaluate(
-            model,
-            data.test.dataset,
-            batch_size=cfg.train.eval_batch_size,
-            device=device,
-            bf16=cfg.train.bf16,  # as the dev evaluations that chose it
-            progress=cfg.train.progress and cli.is_main_process(),
-            desc="best on test",
-        )
-        test = split_metrics(result, data.test)
-    summary = {
-        "stopped": reason,
-        "steps": state.step,
-        "epochs": state.epoch,
-        "train_seconds": round(state.train_seconds, 3),  # ms: a short run rounds to 0.0 in tenths
-        "best_step": best["step"],
-        "best_checkpoint": str(run_dir / "best.pt"),
-        "dev": best["dev"],
-        "test": test,
-    }
-    if cli.is_main_process():
-        write_json(run_dir / "summary.json", summary, what="the summary")
-    return summary
-
-
-def plot_learning_curve(log_path: Path, out: Path) -> bool:
-    """Train loss and dev accuracy against steps, from log.jsonl; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
-    train = [r for r in records if r["split"] == "train"]
-    dev = [r for r in records if r["split"] == "dev"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
-    ax_loss.plot([r["step"] for r in dev], [r["loss"] for r in dev], marker="o", label="dev")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
-    ax_acc.plot([r["step"] for r in train], [r["acc"] for r in train], label="train")
-    ax_acc.plot([r["step"] for r in dev], [r["acc"] for r in dev], marker="o", label="dev")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_write(out, binary=True, what="the learning curve") as f:
-            fig.savefig(f, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return True
-
-
 def dry_run(cfg: Config, data: Data, model: NLIClassifier, device: torch.device) -> None:
     """One forward and backward pass on one training batch; nothing is written."""
     indices = next(iter(setup_sampler(cfg, data)))
@@ -923,23 +719,6 @@ def setup_device(cfg: Config, ckpt: dict[str, Any] | None) -> torch.device:
     return device
 
 
-def check_resumed_vocab(run_dir: Path, ckpt: dict[str, Any]) -> None:
-    """The run folder's vocab.json, written when the run started, must be the checkpoint's vocabulary:
-    the same words in another order would give every embedding row another word.
-
-    Raises:
-        SpinnError: the two vocabularies differ.
-    """
-    path = run_dir / "vocab.json"
-    if not path.exists():
-        return
-    if Vocab.load(path) != Vocab.from_dict(ckpt["vocab"]):
-        raise SpinnError(
-            f"{path}: not the vocabulary of the checkpoint to resume from (other words or another order); "
-            f"the run folder and its checkpoint do not belong together"
-        )
-
-
 def train_run(
     cfg: Config,
     ckpt: dict[str, Any] | None,
@@ -968,7 +747,7 @@ def train_run(
     finally:
         log.close()
     interrupted = reason in INTERRUPTIONS
-    summary = None if interrupted else summarize(cfg, data, model, state, reason, run_dir, device)
+    summary = None if interrupted else summarize(cfg, data.test, model, state, reason, run_dir, device)
     # Every rank leaves the group together: a rank that exits while another still holds the group open
     # makes gloo abort that one.
     distributed.barrier()
