@@ -3,6 +3,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import signal
 import time
 
@@ -190,3 +191,40 @@ def test_sigkill_while_writing_a_checkpoint_leaves_a_whole_one(tmp_path):
             ckpt["model"]["w"], torch.full((1 << 20,), float(ckpt["step"]))
         )
         last = ckpt["step"]
+
+
+def _poisoned(trained, path, key="model"):
+    ckpt = torch.load(trained / "last.pt", weights_only=True)
+    name = next(name for name, w in ckpt[key].items() if w.is_floating_point())
+    ckpt[key][name] = ckpt[key][name].clone()
+    ckpt[key][name].view(-1)[:2] = float("nan")
+    torch.save(ckpt, path)
+    return name
+
+
+def test_checkpoints_with_nan_weights_are_refused_everywhere_naming_the_tensor(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    name = _poisoned(trained, bad)
+    expected = f"{bad}: model tensor {name!r} (2 of "
+    assert expected in user_error(evaluate_main, ["--checkpoint", str(bad), "--no-progress"], capsys)
+    argv = ["--checkpoint", str(bad), "--premise", "A dog runs.", "--hypothesis", "A dog moves."]
+    assert expected in user_error(predict_main, argv, capsys)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _poisoned(trained, run / "last.pt")
+    assert "last.pt: model tensor" in user_error(train_main, ["--resume", str(run)], capsys)
+    ckpt = torch.load(bad, weights_only=True)
+    with pytest.raises(CheckpointError, match="refused to write the checkpoint: model tensor"):
+        save_checkpoint(ckpt, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_crafted_checkpoint_is_refused_without_torchs_advice_to_load_it_anyway(trained, tmp_path, capsys):
+    marker, bad = tmp_path / "pwned", tmp_path / "bad.pt"
+    torch.save({**torch.load(trained / "best.pt", weights_only=True), "step": WritesAFile(marker)}, bad)
+    message = user_error(evaluate_main, ["--checkpoint", str(bad), "--no-progress"], capsys)
+    assert (
+        "refused to load: it holds objects other than tensors and plain containers (a reference to exec)"
+        in message
+    )
+    assert "weights_only" not in message and "safe_globals" not in message and not marker.exists()

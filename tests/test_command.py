@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tiny_runs import ROOT, run_script
 
 import spinn
 from spinn.__main__ import COMMANDS
@@ -15,7 +16,6 @@ from spinn.__main__ import main as spinn_main
 from spinn.config import config_to_dict, load_config, shipped_configs
 from spinn.shipped import main as configs_main
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
@@ -151,19 +151,7 @@ def test_user_errors_from_the_scripts_are_one_line_without_traceback(tmp_path):
         ("evaluate", ["--checkpoint", str(missing)]),
         ("predict", ["--checkpoint", str(missing), "--premise", "a", "--hypothesis", "b"]),
     ]:
-        proc = subprocess.run(
-            [sys.executable, f"scripts/{script}.py", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_script(f"scripts/{script}.py", *args)
         assert proc.returncode == 2 and proc.stderr == f"error: {missing}: no such checkpoint file\n"
-    proc = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", "--checkpoint", str(missing), "--debug"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script("scripts/evaluate.py", "--checkpoint", str(missing), "--debug")
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr

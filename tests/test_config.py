@@ -1,10 +1,8 @@
-import subprocess
-import sys
-from pathlib import Path
+import importlib.util
 
 import pytest
 import yaml
-from tiny_runs import sets, user_error
+from tiny_runs import ROOT, run_script, sets, user_error
 
 from spinn.config import (
     Config,
@@ -17,7 +15,6 @@ from spinn.config import (
 )
 from spinn.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
@@ -114,15 +111,15 @@ def test_round_trip_through_plain_data():
 
 
 def test_config_error_from_the_command_line_is_one_line_and_exit_status_2(tmp_path):
-    cmd = [sys.executable, "scripts/train.py", "--config", "configs/small.yaml", "--set", "optim.lrr=1"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cmd = ["scripts/train.py", "--config", "configs/small.yaml", "--set", "optim.lrr=1"]
+    proc = run_script(*cmd)
     assert proc.returncode == 2
     assert proc.stderr.startswith(
         "error: --set optim.lrr=1: unknown key 'optim.lrr' (did you mean 'optim.lr'?)"
     )
     assert "Traceback" not in proc.stderr
     with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):  # --debug lets the traceback through
-        train_main(cmd[2:] + ["--debug"])
+        train_main(cmd[1:] + ["--debug"])
 
 
 def test_print_config_shows_the_resolved_config_with_the_overrides(capsys):
@@ -174,3 +171,35 @@ def test_configs_are_data_a_python_tag_is_refused_not_run(tmp_path, capsys):
     message = user_error(train_main, ["--config", str(tmp_path / "c.yaml"), "--dry-run"], capsys)
     assert "c.yaml: not valid YAML" in message and "python/object/apply:os.system" in message
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "override", "key", "found"),
+    [
+        ("optim:\n  lr: .nan\n", None, "optim.lr", "nan"),
+        ("optim:\n  l2: .nan\n", None, "optim.l2", "nan"),
+        ("optim:\n  lr_decay: .NaN\n", None, "optim.lr_decay", "nan"),
+        ("", "optim.grad_clip=.inf", "optim.grad_clip", "inf"),
+        ("", "model.dropout=.nan", "model.dropout", "nan"),
+        ("", "optim.ema_decay=-.inf", "optim.ema_decay", "-inf"),
+    ],
+)
+def test_nan_and_infinite_config_values_are_refused(tmp_path, capsys, yaml_text, override, key, found):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    out = tmp_path / "run"
+    argv = ["--config", str(tmp_path / "c.yaml"), *sets(f"train.out_dir={out}")]
+    argv += sets(override) if override else []
+    message = user_error(train_main, argv, capsys)
+    assert f"{key}: expected a finite number, found {found}" in message
+    assert not out.exists()
+
+
+def test_tensorboard_is_off_by_default_and_asking_for_it_without_the_package_is_refused(tmp_path, capsys):
+    assert Config().train.tensorboard is False
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    out = tmp_path / "run"
+    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *sets("train.tensorboard=true")]
+    message = user_error(train_main, [*argv, *sets(f"train.out_dir={out}")], capsys)
+    assert "train.tensorboard: true needs the tensorboard package" in message
+    assert not out.exists()

@@ -1,17 +1,15 @@
 """Single-sentence classification data: SST trees and label<TAB>parse files, good and bad."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import run_script
 
 from spinn.data.classify import label_names, read_classify
 from spinn.errors import SpinnError
 from spinn.transitions import parse_to_transitions, transitions_to_parse
 
-ROOT = Path(__file__).resolve().parents[1]
 SST = [
     "(3 (2 It) (4 (2 's) (3 good)))",
     "(2 (2 Just) (2 fine))",
@@ -141,10 +139,10 @@ def test_length_policy(tmp_path):
 
 def test_bad_training_file_stops_the_trainer_with_one_line_and_status_2(tmp_path):
     train = write(tmp_path / "train.tsv", ["1\t( ( [MIN 1 ) ] )", "11\t( ( [MIN 1 ) ] )"])
-    cmd = [sys.executable, "scripts/train.py", "--config", "configs/listops_spinn_pi_nt.yaml"]
+    cmd = ["scripts/train.py", "--config", "configs/listops_spinn_pi_nt.yaml"]
     cmd += ["--set", f"data.train={train}", "--set", f"data.dev={train}", "--set", "data.test=null"]
     cmd += ["--set", f"train.out_dir={tmp_path / 'run'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_script(*cmd)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {train}:2: label '11': expected a class id 0 to 9 (data.num_classes)"

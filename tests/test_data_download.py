@@ -2,13 +2,18 @@ import functools
 import hashlib
 import http.server
 import runpy
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from nli_rows import GLOVE_3D, corrupt_zip_member
+from tiny_runs import ROOT
 
 from spinn.data import download as dl
 from spinn.errors import SpinnError
@@ -243,3 +248,47 @@ def test_a_download_cut_short_is_an_error_and_leaves_nothing(tmp_path):
         thread.join(5)
         httpd.server_close()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+class _Stalls(http.server.BaseHTTPRequestHandler):
+    """Sends 1 MB of a promised 10 MB archive, then waits."""
+
+    def do_GET(self):  # noqa: N802 (the http.server name)
+        self.send_response(200)
+        self.send_header("Content-Length", str(10 << 20))
+        self.end_headers()
+        self.wfile.write(b"x" * (1 << 20))
+        self.wfile.flush()
+        time.sleep(30)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_download_leaves_no_partial_file(tmp_path, signum, status):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    root = tmp_path / "data"
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "download.py"),
+        "snli",
+        "--root",
+        str(root),
+        "--no-progress",
+    ]
+    cmd += ["--base-url", f"http://127.0.0.1:{httpd.server_address[1]}"]
+    try:
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size for p in root.glob(".snli_1.0.zip.*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        assert proc.wait(30) == status
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not root.exists()  # no partial file, nor the folder made for it

@@ -1,8 +1,7 @@
 import random
-import subprocess
-import sys
 
 import pytest
+from tiny_runs import run_script
 
 from spinn.data import listops
 from spinn.data.listops import ListExpr
@@ -103,9 +102,9 @@ def test_splits_are_deterministic_by_seed_and_capped(tmp_path):
 
 def test_command_writes_the_files_and_refuses_bad_sizes(tmp_path):
     out = tmp_path / "listops"
-    cmd = [sys.executable, "-m", "spinn.data.listops", "--out", str(out), "--train", "50", "--dev", "5"]
-    done = subprocess.run([*cmd, "--test", "7", "--max-length", "40"], capture_output=True, text=True)
+    cmd = ["-m", "spinn.data.listops", "--out", str(out), "--train", "50", "--dev", "5"]
+    done = run_script(*cmd, "--test", "7", "--max-length", "40")
     assert done.returncode == 0, done.stderr
     assert [len((out / f"{n}.tsv").read_text().splitlines()) for n in ("train", "dev", "test")] == [50, 5, 7]
-    bad = subprocess.run([*cmd, "--max-length", "3"], capture_output=True, text=True)
+    bad = run_script(*cmd, "--max-length", "3")
     assert bad.returncode == 2 and "--max-length" in bad.stderr and bad.stderr.count("\n") == 1

@@ -321,3 +321,22 @@ def test_truncation_keeps_every_whole_constituent_and_builds_one_tree(data):
         # The prefix up to the (k+1)-th SHIFT survives intact; only REDUCEs are added after it.
         prefix = seq[: [i for i, t in enumerate(seq) if t == SHIFT][k]]
         assert cut[: len(prefix)] == prefix and set(cut[len(prefix) :]) <= {REDUCE}
+
+
+def test_a_parse_whose_words_differ_from_its_sentence_is_refused_or_counted(tmp_path, capsys):
+    rows = [
+        {"gold_label": "neutral", "sentence1": "A dog (brown) runs.", "sentence2": 'It\'s "fast".'},
+        {"gold_label": "neutral", "sentence1": "A cat sleeps.", "sentence2": "It's fast."},
+    ]
+    rows[0]["sentence1_binary_parse"] = "( ( A ( dog ( -LRB- ( brown -RRB- ) ) ) ) ( runs . ) )"
+    rows[0]["sentence2_binary_parse"] = "( It ( 's ( `` ( fast ( '' . ) ) ) ) )"
+    rows[1]["sentence1_binary_parse"] = "( ( A dog ) ( sleeps . ) )"  # a shifted row: another sentence
+    rows[1]["sentence2_binary_parse"] = "( It ( 's ( fast . ) ) )"
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SpinnError, match=f"{path}:2: field 'sentence1_binary_parse': its words differ from"):
+        read_nli(path, progress=False)
+    data = read_nli(path, progress=False, check_text=False, lowercase=True)
+    assert len(data.examples) == 2 and data.text_differs == 1
+    assert "kept 1 pair(s) whose parse words differ from their sentence text" in capsys.readouterr().err
+    assert len(read_nli(path, progress=False, skip_invalid=True).examples) == 1

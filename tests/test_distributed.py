@@ -7,7 +7,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from nli_rows import first_rows
+from tiny_runs import ROOT, run_script, sets
 
 from spinn import cli, distributed
 from spinn.data.batching import BucketBatchSampler, NLIDataset, collate_nli
@@ -217,13 +217,8 @@ def test_resume_refuses_another_process_count():
         distributed.sampler_state(saved)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def _run(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=_clean_env()
-    )
+    proc = run_script(*args, env=_clean_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -254,13 +249,13 @@ def test_torchrun_train_resume_then_single_process_evaluate(tmp_path):
         "model.dropout=0.3",
     ]
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/train.py"]
-    sets = [a for o in overrides for a in ("--set", o)]
+    common = sets(*overrides)
     whole = tmp_path / "whole"
     _run(
         *torchrun,
         "--config",
         "configs/small.yaml",
-        *sets,
+        *common,
         "--set",
         f"train.out_dir={whole}",
         "--max-steps",
@@ -270,7 +265,7 @@ def test_torchrun_train_resume_then_single_process_evaluate(tmp_path):
         *torchrun,
         "--config",
         "configs/small.yaml",
-        *sets,
+        *common,
         "--set",
         f"train.out_dir={run}",
         "--max-steps",
@@ -344,7 +339,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
         "train.max_steps=6",
         f"train.out_dir={run}",
     ]
-    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *(a for o in overrides for a in ("--set", o))]
+    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *sets(*overrides)]
     context = mp.spawn(_non_finite_worker, args=(_free_port(), argv, str(tmp_path)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=2):

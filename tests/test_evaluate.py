@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import sets, user_error
+from tiny_runs import file_size_limit, sets, user_error
 
 from spinn.config import Config, build_model
 from spinn.data.batching import NLIDataset, collate_nli
@@ -136,7 +136,9 @@ def test_an_unknown_device_is_a_user_error(trained, capsys):
 def test_evaluate_scores_the_runs_splits_as_it_did_and_any_other_file_whole(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=1", "data.limit=10")]) == 0
-    dev = next(a.split("=", 1)[1] for a in tiny_data if a.startswith("data.data_dir=")) + "/dev.jsonl"
+    dev = (
+        next(a.split("=", 1)[1] for a in tiny_data if a.startswith("data.data_dir=")) + "/snli_1.0_dev.jsonl"
+    )
     pairs = {}
     for which in (["--split", "dev"], ["--data", dev]):
         out = tmp_path / f"{which[0][2:]}.jsonl"
@@ -155,8 +157,21 @@ def test_evaluate_elsewhere_says_the_data_dir_is_relative(tiny_data, tmp_path, m
     assert train_main([*tiny_data, *overrides]) == 0
     monkeypatch.chdir(tmp_path)
     assert user_error(evaluate_main, ["--checkpoint", str(run), "--no-progress"], capsys) == (
-        f"error: {root.name}/dev.jsonl: no such file; the run's config has data.data_dir '{root.name}', "
+        f"error: {root.name}/snli_1.0_dev.jsonl: no such file; the run's config has data.data_dir "
+        f"'{root.name}', "
         f"which is read relative to the current folder ({tmp_path}): run from the folder it trained in, "
         "or pass --data-dir DIR"
     )
     assert evaluate_main(["--checkpoint", str(run), "--data-dir", str(root), "--no-progress"]) == 0
+
+
+def test_evaluate_writes_its_outputs_whole(trained, tmp_path, capsys):
+    output = tmp_path / "out" / "predictions.jsonl"
+    argv = ["--checkpoint", str(trained), "--no-progress", "--output", str(output)]
+    with file_size_limit(200):
+        assert evaluate_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {output}: cannot write the predictions (File too large)"), err
+    assert not output.parent.exists()  # nor the folder made for it
+    assert evaluate_main(argv) == 0
+    assert json.loads(output.with_suffix(".metrics.json").read_text())["pairs"] == 24

@@ -1,40 +1,25 @@
 """The one atomic writer, the one opener and strict JSON (spinn.io): a failure or a signal while writing
 leaves the old file whole and no temporary file; a full disk is one line naming the file."""
 
-import contextlib
 import errno
+import json
 import os
-import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ROOT, file_size_limit, leftovers, run_script, user_error
 
 from spinn.checkpoint import CheckpointError, save_checkpoint
+from spinn.data.snli import read_nli, read_rows
 from spinn.errors import SpinnError
-from spinn.io import WriteError, atomic_write, open_input, to_json, write_json
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def file_size_limit(n_bytes):
-    """Files over `n_bytes` cannot be written in this process (EFBIG, as a full disk gives ENOSPC)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the error, not the signal that kills
-    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
-
-
-def leftovers(folder):
-    return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp"))
+from spinn.evaluate import main as evaluate_main
+from spinn.io import MAX_LINE_BYTES, WriteError, atomic_write, open_input, to_json, write_json
 
 
 def test_an_error_inside_the_block_keeps_the_old_file_and_removes_the_temporary(tmp_path):
@@ -119,3 +104,95 @@ def test_reading_a_folder_a_missing_or_an_unreadable_file_names_the_path(tmp_pat
         open_input(tmp_path, "data file")
     with pytest.raises(SpinnError, match="none.jsonl: no such data file"):
         open_input(tmp_path / "none.jsonl", "data file")
+
+
+_READERS = """
+import sys
+from spinn.checkpoint import load_checkpoint
+from spinn.config import load_config
+from spinn.data.glove import load_glove
+from spinn.data.snli import read_nli, read_rows
+from spinn.data.vocab import Vocab
+from spinn.data.snli import read_nli, read_rows
+from spinn.errors import SpinnError
+from spinn.train import main as train_main
+import os
+if os.geteuid() == 0:  # root reads a chmod 000 file: read as nobody (after the imports, which need root)
+    os.setgid(65534)
+    os.setuid(65534)
+path = sys.argv[1]
+for read in (
+    lambda: read_nli(path, progress=False),
+    lambda: list(read_rows(__import__("pathlib").Path(path))),
+    lambda: load_glove(path, Vocab(["<pad>", "<unk>", "a"]), 2, progress=False, use_cache=False),
+    lambda: load_config(path),
+    lambda: Vocab.load(path),
+    lambda: load_checkpoint(path),
+):
+    try:
+        read()
+    except SpinnError as err:
+        print(err)
+out = sys.argv[2]
+status = train_main(["--config", sys.argv[3], "--set", f"data.train={path}", "--set", f"train.out_dir={out}"])
+print(status)
+"""
+
+
+@pytest.mark.parametrize("kind", ["unreadable", "folder"])
+def test_an_unreadable_file_or_a_folder_is_one_line_naming_it_at_every_read_site(kind):
+    shared = Path(tempfile.mkdtemp())  # not under pytest's folders, which only their owner may enter
+    shared.chmod(0o777)
+    try:
+        _read_as_nobody(shared, kind)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _read_as_nobody(shared, kind):
+    path = shared / "train.jsonl"
+    if kind == "folder":
+        path.mkdir()
+        expected = f"{path}: is a folder, expected a "
+    else:
+        path.write_text("{}\n")
+        path.chmod(0)
+        expected = f"{path}: permission denied, cannot read this "
+    config = shared / "c.yaml"
+    config.write_text("vocab:\n  glove: null\nmodel:\n  freeze_embeddings: false\n")
+    config.chmod(0o644)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(shared)}
+    proc = run_script("-c", _READERS, str(path), str(shared / "run"), str(config), env=env)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 7 and lines[-1] == "2", (proc.stdout, proc.stderr)
+    assert all(line.startswith(expected) for line in lines[:5]), lines
+    # A folder given as a checkpoint means its best.pt.
+    assert lines[5].startswith(f"{path}/best.pt: no such" if kind == "folder" else expected), lines
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: data.train: {expected}"), proc.stderr
+    assert not (shared / "run").exists()
+
+
+def test_a_line_longer_than_the_cap_is_refused_before_it_is_read_whole(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    row = {"gold_label": "neutral", "sentence1_binary_parse": "( a b )", "sentence2_binary_parse": "( a b )"}
+    long_row = {**row, "sentence1": "x" * MAX_LINE_BYTES}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(long_row) + "\n")
+    expected = f"{path}:2: a line longer than {MAX_LINE_BYTES:,} bytes, expected one record per line"
+    with pytest.raises(SpinnError, match=expected):
+        read_nli(path, progress=False)
+    with pytest.raises(SpinnError, match=expected):
+        list(read_rows(path))
+
+
+def test_a_failed_download_or_evaluation_creates_no_folder(trained, tmp_path, capsys):
+    from spinn.data.download import main as download_main
+
+    root = tmp_path / "new" / "data"
+    argv = ["snli", "--root", str(root), "--no-progress", "--base-url", "http://127.0.0.1:9"]
+    assert "download failed" in user_error(download_main, argv, capsys)
+    assert not (tmp_path / "new").exists()
+    output = tmp_path / "out" / "sub" / "predictions.jsonl"
+    with file_size_limit(100):
+        assert evaluate_main(["--checkpoint", str(trained), "--no-progress", "--output", str(output)]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "out").exists()

@@ -3,19 +3,17 @@
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from nli_rows import first_rows
+from tiny_runs import ROOT, run_script, sets
 
 import spinn
 from spinn.evaluate import main as evaluate_main
 from spinn.tokenize import tokenize
 from spinn.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [
     ("A man is sleeping on a couch.", "A person rests."),
     ("Two dogs run through the snow.", "The animals are asleep."),
@@ -38,7 +36,7 @@ def run(tmp_path_factory):
         "train.tensorboard=false",
         f"train.out_dir={folder / 'run'}",
     ]
-    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *[a for o in overrides for a in ("--set", o)]]
+    argv = ["--config", str(ROOT / "configs" / "small.yaml"), *sets(*overrides)]
     assert train_main([*argv, "--max-steps", "2"]) == 0
     return folder / "run"
 
@@ -64,13 +62,7 @@ def test_a_run_folder_and_its_best_checkpoint_load_the_same_classifier(run):
 def test_python_predictions_are_what_the_predict_command_writes(run, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"sentence1": a, "sentence2": b}) + "\n" for a, b in PAIRS))
-    proc = subprocess.run(
-        [sys.executable, "scripts/predict.py", "--checkpoint", str(run), "--input", str(pairs)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script("scripts/predict.py", "--checkpoint", str(run), "--input", str(pairs))
     assert proc.returncode == 0, proc.stderr
     written = [json.loads(line) for line in proc.stdout.splitlines()]
     assert written == [p.to_record() for p in spinn.load(run, device="cpu").predict(PAIRS)]

@@ -1,10 +1,10 @@
 """The sequential baselines (CBOW, LSTM) and the trivial-tree ablation."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ROOT, sets
 
 from spinn.config import ConfigError, build_model, load_config
 from spinn.data import listops
@@ -18,7 +18,6 @@ from spinn.predict import main as predict_main
 from spinn.train import main as train_main
 from spinn.transitions import balanced, left_branching, right_branching
 
-ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [3, 1, 5, 2]
 
 
@@ -132,7 +131,7 @@ def test_training_on_balanced_trees_reads_and_predicts_balanced_trees(tmp_path, 
         "train.tensorboard=false",
     ]
     argv = ["--config", str(ROOT / "configs/listops_spinn_pi_nt.yaml")]
-    assert train_main(argv + [a for o in overrides for a in ("--set", o)]) == 0
+    assert train_main(argv + sets(*overrides)) == 0
     assert json.loads((run / "summary.json").read_text())["dev"]["pairs"] == 20
     capsys.readouterr()
     assert predict_main(["--checkpoint", str(run), "--sentence", "( ( ( [MAX 2 ) 9 ) ] )"]) == 0

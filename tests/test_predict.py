@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_runs import ROOT, user_error
+from tiny_runs import ROOT, leftovers, user_error
 
 from spinn.errors import ParseError, SpinnError
 from spinn.predict import main as predict_main
@@ -100,3 +100,19 @@ def test_bad_prediction_file_names_the_line(trained, tmp_path, capsys):
     path.write_text(json.dumps({"sentence1": "A dog runs.", "sentence2": "A dog moves."}) + "\n{oops\n")
     argv = ["--checkpoint", str(trained), "--input", str(path)]
     assert f"{path}:2: bad JSON" in user_error(predict_main, argv, capsys)
+
+
+def test_predict_output_is_untouched_when_a_pair_fails_halfway(trained, tmp_path, capsys):
+    pairs, output = tmp_path / "pairs.jsonl", tmp_path / "labels.jsonl"
+    good = json.dumps({"sentence1": "A man sleeps.", "sentence2": "A person rests."}) + "\n"
+    bad = json.dumps({"sentence1": "A man sleeps.", "sentence2": "qwxz zzkq"}) + "\n"
+    pairs.write_text(good * 300 + bad)
+    output.write_text("the old predictions\n")
+    argv = ["--checkpoint", str(trained), "--input", str(pairs), "--output", str(output)]
+    assert "pair 301: hypothesis: none of its 2 words" in user_error(predict_main, argv, capsys)
+    assert output.read_text() == "the old predictions\n" and leftovers(tmp_path) == []
+    assert predict_main(argv[:-4] + ["--input", str(tmp_path / "ok.jsonl"), "--output", str(output)]) == 2
+    capsys.readouterr()
+    (tmp_path / "ok.jsonl").write_text(good * 3)
+    assert predict_main(argv[:-4] + ["--input", str(tmp_path / "ok.jsonl"), "--output", str(output)]) == 0
+    assert len(output.read_text().splitlines()) == 3

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from tiny_runs import ROOT, run_script
 
 from spinn.__main__ import COMMANDS
 from spinn.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted([README, *ROOT.glob("*/README.md"), *ROOT.glob("docs/*.md")])
 MAX_README_LINES = 250
@@ -177,9 +176,7 @@ def test_the_readme_quick_start_runs_as_written_in_an_empty_folder(tmp_path: Pat
     out = []
     for words in commands:
         extra = ["--set", "train.max_steps=2", "--set", "train.progress=false"] if words[1] == "train" else []
-        done = subprocess.run(
-            as_process(words) + extra, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-        )
+        done = run_script(*as_process(words)[1:], *extra, cwd=tmp_path, env=env, timeout=600)
         assert done.returncode == 0, f"{shlex.join(words)} failed:\n{done.stderr[-3000:]}"
         out.append(done.stdout)
     assert (tmp_path / "runs" / "small" / "best.pt").is_file()

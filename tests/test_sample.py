@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import ROOT, run_script, sets
 
 from spinn.config import load_config
 from spinn.data import sample
@@ -17,7 +18,6 @@ from spinn.data.glove import load_glove
 from spinn.data.snli import read_nli
 from spinn.data.vocab import Vocab
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The most the sample may weigh, every file of its folder together.
 MAX_BYTES = 4 * 1024 * 1024
 
@@ -60,10 +60,8 @@ def test_small_yaml_names_the_sample_from_any_working_folder(tmp_path, monkeypat
 def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(tmp_path):
     """The small config for two tiny steps, from an empty folder, with no ../shared in reach."""
     # The spinn a command started from another folder imports (the installed one, where installed).
-    where = [sys.executable, "-c", "from spinn.data import sample; print(sample.SAMPLE_DIR)"]
-    shipped = Path(
-        subprocess.run(where, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-    )
+    where = ["-c", "from spinn.data import sample; print(sample.SAMPLE_DIR)"]
+    shipped = Path(run_script(*where, cwd=tmp_path, check=True).stdout.strip())
     before = sorted(p.name for p in shipped.iterdir())
     overrides = [
         "model.d_hidden=8",
@@ -74,14 +72,9 @@ def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(t
         "train.progress=false",
         "train.tensorboard=false",
     ]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "small.yaml")]
-        + [a for o in overrides for a in ("--set", o)]
-        + ["--max-steps", "2"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    script, config = ROOT / "scripts" / "train.py", ROOT / "configs" / "small.yaml"
+    proc = run_script(
+        str(script), "--config", str(config), *sets(*overrides), "--max-steps", "2", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     assert f"train: 5,498 pairs from {shipped / sample.TRAIN}" in proc.stdout
@@ -91,13 +84,7 @@ def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(t
 
 
 def test_the_cutting_script_rebuilds_the_sample_byte_for_byte(data_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "scripts/make_sample.py", "--source", str(data_dir), "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script("scripts/make_sample.py", "--source", str(data_dir), "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     for name in (sample.TRAIN, sample.DEV, sample.GLOVE):
         assert (tmp_path / name).read_bytes() == (sample.SAMPLE_DIR / name).read_bytes(), name
@@ -133,15 +120,8 @@ def test_small_yaml_trains_from_an_installed_wheel_in_an_empty_folder(tmp_path):
     work.mkdir()
     overrides = ["model.d_hidden=8", "model.d_tracker=4", "model.mlp_dim=8", "train.batch_size=16"]
     overrides += ["train.progress=false", "train.tensorboard=false"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "spinn", "train", "--config", "small", "--max-steps", "2"]
-        + [a for o in overrides for a in ("--set", o)],
-        cwd=work,
-        env={**os.environ, "PYTHONPATH": str(site)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = ["-m", "spinn", "train", "--config", "small", "--max-steps", "2", *sets(*overrides)]
+    proc = run_script(*argv, cwd=work, env={**os.environ, "PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr
     assert f"train: 5,498 pairs from {site / 'spinn' / 'data' / 'sample' / sample.TRAIN}" in proc.stdout
     assert "done (max_steps) after 2 steps" in proc.stdout

@@ -3,17 +3,13 @@
 import argparse
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ROOT, run_script
 
 from spinn import cli
 from spinn.errors import SpinnError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = """
 import json, os, torch
@@ -34,9 +30,7 @@ print(json.dumps(out))
 def _probe(omp_threads: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_WORLD_SIZE"}
     env |= {"OMP_NUM_THREADS": omp_threads, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = run_script("-c", _PROBE, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -77,12 +71,6 @@ def test_set_threads_sets_and_the_command_restores():
 
 @pytest.mark.parametrize(("script", "value"), [("evaluate", "0"), ("predict", "two")])
 def test_evaluate_and_predict_refuse_a_bad_thread_count(script, value):
-    proc = subprocess.run(
-        [sys.executable, f"scripts/{script}.py", "--checkpoint", "none.pt", "--threads", value],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script(f"scripts/{script}.py", "--checkpoint", "none.pt", "--threads", value)
     assert proc.returncode == 2
     assert f"--threads: expected a count >= 1 or auto, found '{value}'" in proc.stderr

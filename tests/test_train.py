@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from nli_rows import first_rows
+from tiny_runs import ROOT, run_script, sets, tiny_model
 from torch.optim.swa_utils import AveragedModel
 
 from spinn import cli
@@ -20,16 +21,7 @@ from spinn.model import NLIClassifier
 from spinn.train import main as train_main
 from spinn.train import plot_learning_curve, setup_optimizer, stop_on_signals, warmed_up_ema
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.d_hidden=16",
-    "model.d_tracker=8",
-    "model.mlp_dim=16",
-    "train.batch_size=16",
-    "train.eval_batch_size=64",
-    "train.progress=false",
-    "train.tensorboard=false",
-]
+TINY = tiny_model(16)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +36,7 @@ def _log(run_dir: Path, split: str) -> list[dict]:
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, f"scripts/{name}.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    proc = run_script(f"scripts/{name}.py", *args)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -56,7 +46,7 @@ def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
     run = tmp_path / "run"
     overrides = [*TINY, *tiny_data, f"train.out_dir={run}", "train.max_steps=6", "train.eval_every=4"]
     overrides += ["train.log_every=1"]
-    out = _script("train", "--config", "configs/small.yaml", *[a for o in overrides for a in ("--set", o)])
+    out = _script("train", "--config", "configs/small.yaml", *sets(*overrides))
     assert "done (max_steps) after 6 steps" in out.stdout
 
     train_log, dev_log = _log(run, "train"), _log(run, "dev")
@@ -106,7 +96,7 @@ def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
 def test_resume_continues_exactly(tiny_data, tmp_path):
     """Six batches per epoch; stopping after 8 steps and resuming to 15 crosses epochs on both sides.
     A log line every 3 steps: the one at step 9 averages steps 7-9 across the resume."""
-    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     common += ["--set", "train.log_every=3", "--set", "train.eval_every=5", "--set", "model.dropout=0.3"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert train_main([*common, "--set", f"train.out_dir={whole}", "--max-steps", "15"]) == 0
@@ -127,7 +117,7 @@ def test_loader_workers_train_the_same_weights_and_resume_exactly(tiny_data, tmp
     """Batches prepared by a background process: the weights of batches prepared in the training
     process; and stopped after 8 steps, with the worker already ahead, a resume still continues at
     the right batch."""
-    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     common += ["--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "model.dropout=0.3"]
     inline, workers, part = tmp_path / "inline", tmp_path / "workers", tmp_path / "part"
     assert train_main([*common, "--set", f"train.out_dir={inline}", "--max-steps", "15"]) == 0
@@ -147,7 +137,7 @@ def test_loader_workers_train_the_same_weights_and_resume_exactly(tiny_data, tmp
 
 def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
     """optim.ema_decay: checkpoints hold the average as "model", the optimiser's weights beside it."""
-    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     common += ["--set", "optim.ema_decay=0.9", "--set", "train.eval_every=3"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert train_main([*common, "--set", f"train.out_dir={whole}", "--max-steps", "8"]) == 0
@@ -173,7 +163,7 @@ def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_
 
 def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    args = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     args += ["--set", f"train.out_dir={run}"]
     # data.limit keeps the first pairs of each split: 32 training pairs are 2 batches of 16.
     assert train_main([*args, "--max-steps", "2", "--set", "data.limit=32"]) == 0
@@ -187,7 +177,7 @@ def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, ca
 
 def test_resume_takes_a_new_learning_rate_and_keeps_what_the_states_need(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    args = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     assert (
         train_main([*args, "--set", f"train.out_dir={run}", "--set", "train.log_every=1", "--max-steps", "2"])
         == 0
@@ -216,7 +206,7 @@ def test_resume_takes_a_new_learning_rate_and_keeps_what_the_states_need(tiny_da
 
 def test_resuming_a_finished_run_trains_and_evaluates_nothing_more(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    args = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     assert train_main([*args, "--set", f"train.out_dir={run}", "--max-steps", "2"]) == 0
     capsys.readouterr()
     assert train_main(["--resume", str(run), "--max-steps", "1"]) == 0
@@ -226,7 +216,7 @@ def test_resuming_a_finished_run_trains_and_evaluates_nothing_more(tiny_data, tm
 
 def test_resuming_an_early_stopped_run_trains_nothing_more(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    args = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     args += ["--set", f"train.out_dir={run}", "--set", "train.eval_every=1", "--set", "train.patience=1"]
     assert train_main([*args, "--max-steps", "40", "--set", "optim.ema_decay=null"]) == 0
     steps = [r["step"] for r in _log(run, "dev")]
@@ -239,8 +229,8 @@ def test_resuming_an_early_stopped_run_trains_nothing_more(tiny_data, tmp_path, 
 def test_gradient_clipping_bounds_the_step(tiny_data, tmp_path):
     """One SGD step with lr 1 moves the weights by the clipped gradient: clipped to norms 1e-3 and
     2e-3 (the raw gradient is far larger), the two runs end exactly 1e-3 apart."""
-    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
-    common += [a for o in ("optim.name=sgd", "optim.lr=1", "optim.ema_decay=null") for a in ("--set", o)]
+    common = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
+    common += sets("optim.name=sgd", "optim.lr=1", "optim.ema_decay=null")
     weights = []
     for clip in ("1e-3", "2e-3"):
         out = tmp_path / clip
@@ -324,7 +314,7 @@ CXX = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"
 @pytest.mark.skipif(shutil.which(CXX) is None, reason=f"no C++ compiler ({CXX}) for torch.compile")
 def test_a_compiled_model_trains_as_the_eager_one(tiny_data, tmp_path):
     """train.compile: without dropout the compiled model's losses and weights are the eager model's."""
-    common = ["--config", "configs/small.yaml", *[a for o in [*TINY, *tiny_data] for a in ("--set", o)]]
+    common = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
     common += ["--set", "train.log_every=1", "--set", "train.eval_every=3", "--set", "model.dropout=0"]
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert train_main([*common, "--set", f"train.out_dir={eager}", "--max-steps", "3"]) == 0
@@ -333,14 +323,7 @@ def test_a_compiled_model_trains_as_the_eager_one(tiny_data, tmp_path):
     cache = tmp_path / "inductor"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": str(cache)}
     argv = [*common, "--set", "train.compile=true", "--set", f"train.out_dir={compiled}", "--max-steps", "3"]
-    proc = subprocess.run(
-        [sys.executable, "scripts/train.py", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script("scripts/train.py", *argv, env=env)
     assert proc.returncode == 0, proc.stderr
     assert any(cache.rglob("*.py")), "inductor generated no code"
 
@@ -357,12 +340,7 @@ def test_train_threads_holds_for_the_run_and_is_restored_after_it(tiny_data, tmp
     before = torch.get_num_threads()
     expected = 1 if threads == "1" else cli.auto_threads()
     overrides = [*TINY, *tiny_data, f"train.out_dir={tmp_path / 'run'}", f"train.threads={threads}"]
-    assert (
-        train_main(
-            ["--config", "configs/small.yaml", "--dry-run", *[a for o in overrides for a in ("--set", o)]]
-        )
-        == 0
-    )
+    assert train_main(["--config", "configs/small.yaml", "--dry-run", *sets(*overrides)]) == 0
     assert f"device cpu, {expected} CPU thread(s)" in capsys.readouterr().out
     assert torch.get_num_threads() == before
 
@@ -370,7 +348,7 @@ def test_train_threads_holds_for_the_run_and_is_restored_after_it(tiny_data, tmp
 @pytest.mark.parametrize(("encoder", "named"), [("spinn", "spinn_pi"), ("lstm", "lstm"), ("cbow", "cbow")])
 def test_the_startup_line_names_the_encoder_that_runs(tiny_data, tmp_path, capsys, encoder, named):
     overrides = [*TINY, *tiny_data, f"train.out_dir={tmp_path / 'run'}", f"model.encoder={encoder}"]
-    argv = ["--config", "configs/small.yaml", "--dry-run", *[a for o in overrides for a in ("--set", o)]]
+    argv = ["--config", "configs/small.yaml", "--dry-run", *sets(*overrides)]
     assert train_main(argv) == 0
     assert f"model: {named}, " in capsys.readouterr().out
 

@@ -1,10 +1,10 @@
 """Single-sentence classification through the trainer, evaluation and prediction."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import ROOT, sets, tiny_model
 
 from spinn.config import ConfigError, build_model, load_config
 from spinn.data import listops
@@ -16,20 +16,7 @@ from spinn.evaluate import main as evaluate_main
 from spinn.predict import main as predict_main
 from spinn.train import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.d_embed=16",
-    "model.d_hidden=16",
-    "model.mlp_dim=16",
-    "train.batch_size=16",
-    "train.eval_batch_size=64",
-    "train.progress=false",
-    "train.tensorboard=false",
-]
-
-
-def sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
+TINY = tiny_model(16, "model.d_embed=16", "model.d_tracker=null")  # the ListOps config has no Tracker
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def test_listops_trains_evaluates_and_predicts(listops_dir, tmp_path, capsys):
     run = tmp_path / "run"
     overrides = [*TINY, f"data.data_dir={listops_dir}", "data.train=train.tsv", "data.dev=dev.tsv"]
     overrides += ["data.test=test.tsv", f"train.out_dir={run}", "train.max_steps=4", "train.eval_every=2"]
-    assert train_main(["--config", str(ROOT / "configs/listops_spinn_pi_nt.yaml"), *sets(overrides)]) == 0
+    assert train_main(["--config", str(ROOT / "configs/listops_spinn_pi_nt.yaml"), *sets(*overrides)]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["dev"]["pairs"] == 40 and summary["test"]["pairs"] == 30
     ckpt = torch.load(run / "best.pt", weights_only=True)

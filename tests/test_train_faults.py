@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import ROOT, sets, user_error
+from tiny_runs import ROOT, run_script, sets, user_error
 
 import spinn.train as train_module
 from spinn.checkpoint import load_checkpoint
+from spinn.evaluate import main as evaluate_main
 from spinn.model.classifier import NLIClassifier
 from spinn.train import main as train_main
 
@@ -39,14 +41,7 @@ def test_compile_without_a_cpp_compiler_is_refused_before_anything_runs(tiny_dat
     env = {k: v for k, v in os.environ.items() if k != "TORCH_INDUCTOR_INSTALL_GXX"}  # no conda g++ either
     env |= {"PYTHONPATH": str(ROOT), "CXX": str(tmp_path / "no-g++")}
     argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.compile=true")]
-    proc = subprocess.run(
-        [sys.executable, "scripts/train.py", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_script("scripts/train.py", *argv, env=env)
     assert proc.returncode == 2 and proc.stderr == (
         "error: train.compile: torch.compile on the CPU needs a C++ compiler, and none was found (g++, "
         "or the one $CXX names): install one, or set train.compile=false\n"
@@ -85,8 +80,7 @@ def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data,
     whole, part = tmp_path / "whole", tmp_path / "part"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # The uninterrupted run in a process of its own too: this one's settings (threads) may differ.
-    whole_argv = [sys.executable, "scripts/train.py", *tiny_data, *common, *sets(f"train.out_dir={whole}")]
-    subprocess.run(whole_argv, cwd=ROOT, env=env, capture_output=True, check=True, timeout=120)
+    run_script("scripts/train.py", *tiny_data, *common, *sets(f"train.out_dir={whole}"), env=env, check=True)
 
     rng = random.Random(7)
     argv = [sys.executable, "scripts/train.py", *tiny_data, *common, *sets(f"train.out_dir={part}")]
@@ -114,7 +108,7 @@ def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data,
         step = load_checkpoint(part / "last.pt")["step"]
         argv = [sys.executable, "scripts/train.py", "--resume", str(part)]
     if proc.returncode != 0:
-        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        proc = run_script(*argv[1:], env=env)
         assert proc.returncode == 0, proc.stderr
 
     a = torch.load(whole / "last.pt", weights_only=True)
@@ -248,3 +242,47 @@ def test_a_full_disk_while_writing_the_log_is_a_clear_error_and_resume_works(
     assert train_main(["--resume", str(run), "--set", "train.progress=false"]) == 0
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 8]
+
+
+def test_a_step_that_spoils_the_batch_norm_statistics_stops_before_any_checkpoint(
+    tiny_data, tmp_path, capsys
+):
+    """SGD at lr 1e6 without clipping: batch-norm's running_var becomes infinite after a step whose loss
+    and gradients were finite (the checks before the step pass)."""
+    run = tmp_path / "run"
+    diverging = ("optim.name=sgd", "optim.lr=1e6", "optim.grad_clip=null", "model.batch_norm=true")
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=2", *diverging)]
+    message = user_error(train_main, argv, capsys)
+    found = re.search(
+        r"step (\d+): after the optimiser step, tensor 'mlp\.\d+\.running_var' \(\d+ of", message
+    )
+    assert found, message
+    assert f"is NaN or infinite; stopped without saving, so {run} keeps its last good checkpoints" in message
+    stopped = int(found.group(1))
+    last = load_checkpoint(run / "last.pt")  # load_checkpoint checks that every tensor is finite
+    assert stopped > 2 and last["step"] == 2 * ((stopped - 1) // 2)
+    assert load_checkpoint(run / "best.pt")["step"] <= last["step"]
+    assert evaluate_main(["--checkpoint", str(run), "--no-progress"]) == 0
+
+
+def test_a_non_finite_dev_loss_never_becomes_a_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    real = train_module.evaluate
+    calls = []
+
+    def evaluate(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            result.loss = float("nan")
+            result.probs[:] = 0.0
+            result.probs[:, 0] = 1.0  # and an accuracy that would be a new best
+        return result
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    run = tmp_path / "run"
+    argv = [*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=20", "train.eval_every=2")]
+    message = user_error(train_main, argv, capsys)
+    assert (
+        f"step 4: the dev loss is nan, expected a finite number; stopped without saving, so {run}" in message
+    )
+    assert load_checkpoint(run / "best.pt")["step"] == 2 and load_checkpoint(run / "last.pt")["step"] == 2

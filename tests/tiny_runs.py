@@ -1,27 +1,58 @@
-"""The tiny training setup the reliability tests share: 48 training and 24 dev rows of the sample
-inside the package, its GloVe rows, a model of a few thousand weights (the fixtures are in
-conftest.py)."""
+"""Helpers the tests share (the fixtures are in conftest.py): the tiny training setup (48 training and
+24 dev rows of the sample inside the package, its GloVe rows, a model of a few thousand weights), a
+user-error check for the entry points, a file size limit, and a pickle that runs code."""
 
-import gzip
+import contextlib
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from nli_rows import first_rows
 
-from spinn.data.sample import DEV, GLOVE, SAMPLE_DIR, TRAIN
 from spinn.errors import SpinnError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.d_embed=50",
-    "model.d_hidden=8",
-    "model.d_tracker=4",
-    "model.mlp_dim=8",
-    "train.batch_size=8",
-    "train.eval_batch_size=64",
-    "train.progress=false",
-    "train.tensorboard=false",
-    "train.log_every=1",
-]
+
+
+def tiny_model(size: int, *more: str) -> list[str]:
+    """Overrides for a model of hidden size `size` (MLP `size`, Tracker `size // 2`) trained on batches
+    of `size` pairs, with no progress bar or TensorBoard; then `more`, which win over these."""
+    return [
+        f"model.d_hidden={size}",
+        f"model.d_tracker={size // 2}",
+        f"model.mlp_dim={size}",
+        f"train.batch_size={size}",
+        "train.eval_batch_size=64",
+        "train.progress=false",
+        "train.tensorboard=false",
+        *more,
+    ]
+
+
+TINY = tiny_model(8, "model.d_embed=50", "train.log_every=1")
+
+
+def run_script(
+    *args: str,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """`python ARGS...` in a process of its own, as a user runs it (from the repository root unless `cwd`
+    says otherwise), its output captured as text; `env` is its whole environment (default: this one)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sets(*overrides):
@@ -30,21 +61,8 @@ def sets(*overrides):
 
 def tiny_data_args(root):
     """Write the tiny train and dev files under `root`; the train.py arguments that read them."""
-    for name, source, rows in (("train.jsonl", TRAIN, 48), ("dev.jsonl", DEV, 24)):
-        with gzip.open(SAMPLE_DIR / source, "rt", encoding="utf-8") as f:
-            (root / name).write_text("".join(next(f) for _ in range(rows)), encoding="utf-8")
-    return [
-        "--config",
-        str(ROOT / "configs" / "small.yaml"),
-        *sets(
-            *TINY,
-            f"data.data_dir={root}",
-            "data.train=train.jsonl",
-            "data.dev=dev.jsonl",
-            f"data.cache_dir={root / 'cache'}",
-            f"vocab.glove={SAMPLE_DIR / GLOVE}",
-        ),
-    ]
+    config = str(ROOT / "configs" / "small.yaml")
+    return ["--config", config, *sets(*TINY, *first_rows(root, train=48, dev=24))]
 
 
 def user_error(main, argv, capsys):
@@ -67,3 +85,20 @@ class WritesAFile:
 
     def __reduce__(self):
         return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+@contextlib.contextmanager
+def file_size_limit(n_bytes):
+    """Files over `n_bytes` cannot be written in this process (EFBIG, as a full disk gives ENOSPC)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the error, not the signal that kills
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def leftovers(folder):
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".tmp"))
