@@ -28,6 +28,7 @@ def run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_python_dash_m_spinn_lists_the_commands_and_runs_one(tmp_path):
     proc = run(sys.executable, "-m", "spinn", "--help", cwd=tmp_path)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
@@ -37,6 +38,7 @@ def test_python_dash_m_spinn_lists_the_commands_and_runs_one(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("usage: spinn train "), proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", sorted(set(COMMANDS.values())))
 def test_each_commands_module_prints_its_help_under_python_dash_m(module, tmp_path):
     proc = run(sys.executable, "-m", module, "--help", cwd=tmp_path)
@@ -145,6 +147,7 @@ def test_the_wheel_holds_the_configs_the_license_and_the_command(tmp_path):
     assert "spinn = spinn.__main__:main" in entry_points
 
 
+@pytest.mark.slow
 def test_user_errors_from_the_scripts_are_one_line_without_traceback(tmp_path):
     missing = tmp_path / "none.pt"
     for script, args in [

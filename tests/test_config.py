@@ -110,6 +110,7 @@ def test_round_trip_through_plain_data():
     assert config_from_dict(config_to_dict(cfg), "copy") == cfg
 
 
+@pytest.mark.slow
 def test_config_error_from_the_command_line_is_one_line_and_exit_status_2(tmp_path):
     cmd = ["scripts/train.py", "--config", "configs/small.yaml", "--set", "optim.lrr=1"]
     proc = run_script(*cmd)

@@ -315,6 +315,7 @@ print(len(t), t.pair_ids[-1], int(t.premise_ids.sum()), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_processes_building_one_cache_at_once_do_not_corrupt_it(tmp_path):
     rows = [row(pair_id=f"p{i}", s2=f"( w{i} ( x{i % 13} y ) )") for i in range(4000)]
     source = write_jsonl(tmp_path / "a.jsonl", rows[:10])

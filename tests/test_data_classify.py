@@ -137,6 +137,7 @@ def test_length_policy(tmp_path):
     assert len(read_classify(trees, fmt="sst", sst_labels="fine", phrases=True, limit=3).examples) == 3
 
 
+@pytest.mark.slow
 def test_bad_training_file_stops_the_trainer_with_one_line_and_status_2(tmp_path):
     train = write(tmp_path / "train.tsv", ["1\t( ( [MIN 1 ) ] )", "11\t( ( [MIN 1 ) ] )"])
     cmd = ["scripts/train.py", "--config", "configs/listops_spinn_pi_nt.yaml"]

@@ -265,6 +265,7 @@ class _Stalls(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_download_leaves_no_partial_file(tmp_path, signum, status):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)

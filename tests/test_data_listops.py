@@ -100,6 +100,7 @@ def test_splits_are_deterministic_by_seed_and_capped(tmp_path):
     assert max(len(parse_to_transitions(p)[0]) for _, p in uncapped) > 30  # the cap did something
 
 
+@pytest.mark.slow
 def test_command_writes_the_files_and_refuses_bad_sizes(tmp_path):
     out = tmp_path / "listops"
     cmd = ["-m", "spinn.data.listops", "--out", str(out), "--train", "50", "--dev", "5"]

@@ -168,6 +168,7 @@ def single() -> dict:
     }
 
 
+@pytest.mark.slow
 def test_ranks_take_disjoint_halves_of_the_global_batches(ranks, single):
     for t, indices in enumerate(single["global_batches"]):
         shares = [r["seen"][t] for r in ranks]
@@ -177,6 +178,7 @@ def test_ranks_take_disjoint_halves_of_the_global_batches(ranks, single):
     assert all(r["steps_per_epoch"] == N_TRAIN // GLOBAL_BATCH for r in ranks)
 
 
+@pytest.mark.slow
 def test_ddp_parameters_equal_single_process(ranks, single):
     for name, expected in single["params"].items():
         for r in ranks:
@@ -186,6 +188,7 @@ def test_ddp_parameters_equal_single_process(ranks, single):
     assert moved > 1e-2
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_process(ranks, single):
     expected = single["result"]
     # Each rank scored its own share; together every pair exactly once (23 pairs over 2 ranks).
@@ -229,6 +232,7 @@ def _clean_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_torchrun_train_resume_then_single_process_evaluate(tmp_path):
     """torchrun with 2 CPU processes: 3 steps then resume to 5 equals 5 steps at once (dropout and
     batch norm on); then scripts/evaluate.py on the checkpoint in one process."""
@@ -324,6 +328,7 @@ def _non_finite_worker(rank: int, port: int, argv: list[str], out_dir: str) -> N
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"code": code, "err": err.getvalue()}))
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(tmp_path):
     run = tmp_path / "run"
     overrides = [

@@ -68,6 +68,7 @@ def test_errors_of_the_block_that_are_not_the_files_propagate_unchanged(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_while_writing_removes_the_temporary_file_and_exits_143(tmp_path):
     """A writer stopped by SIGTERM (as a download is) leaves the old file and no temporary one."""
     target = tmp_path / "data.zip"
@@ -139,6 +140,7 @@ print(status)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["unreadable", "folder"])
 def test_an_unreadable_file_or_a_folder_is_one_line_naming_it_at_every_read_site(kind):
     shared = Path(tempfile.mkdtemp())  # not under pytest's folders, which only their owner may enter

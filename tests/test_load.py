@@ -59,6 +59,7 @@ def test_a_run_folder_and_its_best_checkpoint_load_the_same_classifier(run):
         assert words == [w.lower() for w in tokenize(premise)] and len(transitions) == 2 * len(words) - 1
 
 
+@pytest.mark.slow
 def test_python_predictions_are_what_the_predict_command_writes(run, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"sentence1": a, "sentence2": b}) + "\n" for a, b in PAIRS))

@@ -174,6 +174,7 @@ def test_predicted_transitions_are_always_valid(lengths, seed, reduce_bias):
         assert all(t == PAD for t in seq[2 * n - 1 :])
 
 
+@pytest.mark.slow
 def test_transition_loss_is_positive_and_falls_with_training(data_dir):
     parses = read_parses(data_dir / "snli_1.0" / "snli_1.0_train_0.01.jsonl", 16)
     s = pad_sentences([[1] * len(w) for w, _ in parses], [t for _, t in parses])
@@ -192,6 +193,7 @@ def test_transition_loss_is_positive_and_falls_with_training(data_dir):
     assert min(losses[-5:]) < 0.6 * losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradcheck_float64(variant):
     model = make_model(variant, d_input=3, d_hidden=2).double()

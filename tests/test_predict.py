@@ -68,6 +68,7 @@ def test_pair_files_are_read_like_the_training_data(tmp_path):
         read_pairs(tmp_path / "p.csv")
 
 
+@pytest.mark.slow
 def test_output_piped_into_head_stops_quietly(trained, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     line = json.dumps({"sentence1": "A man sleeps.", "sentence2": "A person rests."}) + "\n"

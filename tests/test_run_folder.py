@@ -107,6 +107,7 @@ def test_train_seconds_of_a_run_resumed_after_its_last_step_are_the_runs(trained
     assert json.loads((run / "summary.json").read_text())["train_seconds"] == first
 
 
+@pytest.mark.slow
 def test_a_full_disk_on_resume_is_one_line_and_keeps_the_checkpoints(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main([*tiny_data, *sets(f"train.out_dir={run}", "train.max_steps=2")]) == 0

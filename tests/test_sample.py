@@ -57,6 +57,7 @@ def test_small_yaml_names_the_sample_from_any_working_folder(tmp_path, monkeypat
     assert cfg.data.path(cfg.data.train) == Path("sample") / cfg.data.train
 
 
+@pytest.mark.slow
 def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(tmp_path):
     """The small config for two tiny steps, from an empty folder, with no ../shared in reach."""
     # The spinn a command started from another folder imports (the installed one, where installed).
@@ -83,6 +84,7 @@ def test_training_on_the_sample_from_elsewhere_writes_nothing_into_the_package(t
     assert sorted(p.name for p in shipped.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_the_cutting_script_rebuilds_the_sample_byte_for_byte(data_dir, tmp_path):
     proc = run_script("scripts/make_sample.py", "--source", str(data_dir), "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr

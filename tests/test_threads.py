@@ -35,6 +35,7 @@ def _probe(omp_threads: str) -> dict:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
 def test_auto_threads_caps_torch_default_by_the_usable_cpus_shared_among_local_ranks():
     many = _probe("64")
@@ -69,6 +70,7 @@ def test_set_threads_sets_and_the_command_restores():
         cli.set_threads(0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("script", "value"), [("evaluate", "0"), ("predict", "two")])
 def test_evaluate_and_predict_refuse_a_bad_thread_count(script, value):
     proc = run_script(f"scripts/{script}.py", "--checkpoint", "none.pt", "--threads", value)

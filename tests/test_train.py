@@ -41,6 +41,7 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
     """As a user runs them: the small config on a slice of the real data, for 6 steps."""
     run = tmp_path / "run"
@@ -93,6 +94,7 @@ def test_train_evaluate_predict_through_the_scripts(tiny_data, tmp_path):
     assert "read as balanced binary trees" in out.stderr
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_data, tmp_path):
     """Six batches per epoch; stopping after 8 steps and resuming to 15 crosses epochs on both sides.
     A log line every 3 steps: the one at step 9 averages steps 7-9 across the resume."""
@@ -113,6 +115,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+@pytest.mark.slow
 def test_loader_workers_train_the_same_weights_and_resume_exactly(tiny_data, tmp_path):
     """Batches prepared by a background process: the weights of batches prepared in the training
     process; and stopped after 8 steps, with the worker already ahead, a resume still continues at
@@ -135,6 +138,7 @@ def test_loader_workers_train_the_same_weights_and_resume_exactly(tiny_data, tmp
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
     """optim.ema_decay: checkpoints hold the average as "model", the optimiser's weights beside it."""
     common = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
@@ -161,6 +165,7 @@ def test_a_moving_average_is_what_is_evaluated_saved_and_resumed(tiny_data, tmp_
     assert f"accuracy {_log(whole, 'dev')[-1]['acc']:.4f}" in out.stdout
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
@@ -175,6 +180,7 @@ def test_resume_keeps_the_architecture_of_the_checkpoint(tiny_data, tmp_path, ca
     assert torch.load(run / "last.pt", weights_only=True)["config"]["model"]["d_hidden"] == 16
 
 
+@pytest.mark.slow
 def test_resume_takes_a_new_learning_rate_and_keeps_what_the_states_need(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--config", "configs/small.yaml", *sets(*TINY, *tiny_data)]
@@ -311,6 +317,7 @@ def test_a_second_signal_stops_at_once_and_the_handlers_are_restored():
 CXX = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which(CXX) is None, reason=f"no C++ compiler ({CXX}) for torch.compile")
 def test_a_compiled_model_trains_as_the_eager_one(tiny_data, tmp_path):
     """train.compile: without dropout the compiled model's losses and weights are the eager model's."""

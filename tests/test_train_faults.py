@@ -34,6 +34,7 @@ def test_batch_norm_with_one_pair_per_process_is_refused_before_anything_runs(ti
     assert not run.exists()
 
 
+@pytest.mark.slow
 def test_compile_without_a_cpp_compiler_is_refused_before_anything_runs(tiny_data, tmp_path):
     """torch.compile on the CPU where inductor finds no C++ compiler: $CXX, which inductor reads when
     the process starts, names a missing one."""
@@ -64,6 +65,7 @@ def _wait_for_step(run, above, proc, timeout=120):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader_workers", [0, 1])
 def test_killed_and_interrupted_runs_resume_to_the_same_final_weights(tiny_data, tmp_path, loader_workers):
     """SIGTERM, Ctrl-C and SIGKILL at random moments of a real run, sent to its whole process group as a
@@ -244,6 +246,7 @@ def test_a_full_disk_while_writing_the_log_is_a_clear_error_and_resume_works(
     assert steps == [1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 8]
 
 
+@pytest.mark.slow
 def test_a_step_that_spoils_the_batch_norm_statistics_stops_before_any_checkpoint(
     tiny_data, tmp_path, capsys
 ):
