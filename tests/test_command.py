@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tiny_runs import ROOT, run_script
+from tiny_runs import ROOT, run_script, user_error
 
 import spinn
 from spinn.__main__ import COMMANDS
@@ -80,10 +80,12 @@ def test_a_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 
 
 def test_an_unknown_config_name_is_one_line_listing_the_shipped_ones(tmp_path, capsys):
-    assert spinn_main(["train", "--config", "smal", "--set", f"train.out_dir={tmp_path / 'run'}"]) == 2
-    err = capsys.readouterr().err.splitlines()
+    argv = ["train", "--config", "smal", "--set", f"train.out_dir={tmp_path / 'run'}"]
     names = ", ".join(shipped_configs())
-    assert err == [f"error: config 'smal': no such file, nor a shipped config ({names})"]
+    assert (
+        user_error(spinn_main, argv, capsys)
+        == f"error: config 'smal': no such file, nor a shipped config ({names})"
+    )
     assert "small" in names and not (tmp_path / "run").exists()
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from tiny_runs import ROOT, sets, tiny_model
+from tiny_runs import ROOT, sets, tiny_model, user_error
 
 from spinn.config import ConfigError, build_model, load_config
 from spinn.data import listops
@@ -50,8 +50,8 @@ def test_listops_trains_evaluates_and_predicts(listops_dir, tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["sentence_tree"] == "( ( ( [MAX 2 ) 9 ) ] )" and record["sentence_tree_source"] == "given"
     assert set(record["probabilities"]) == {str(i) for i in range(10)}
-    assert predict_main(["--checkpoint", str(run), "--premise", "a", "--hypothesis", "b"]) == 2
-    assert "classifies single sentences: give --sentence" in capsys.readouterr().err
+    argv = ["--checkpoint", str(run), "--premise", "a", "--hypothesis", "b"]
+    assert "classifies single sentences: give --sentence" in user_error(predict_main, argv, capsys)
 
 
 def test_single_sentences_batch_as_they_run_alone(listops_dir):
