@@ -287,7 +287,7 @@ def test_an_interrupted_download_leaves_no_partial_file(tmp_path, signum, status
         while not any(p.stat().st_size for p in root.glob(".snli_1.0.zip.*")) and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signum)
-        assert proc.wait(30) == status
+        assert proc.wait(120) == status  # a niced test on busy cores can take long to stop Python
         assert "Traceback" not in proc.stderr.read()
     finally:
         httpd.shutdown()

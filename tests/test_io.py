@@ -89,7 +89,7 @@ def test_sigterm_while_writing_removes_the_temporary_file_and_exits_143(tmp_path
         assert proc.stdout.readline() == "writing\n"
         assert leftovers(tmp_path)  # the temporary file exists while writing
         proc.send_signal(signum)
-        assert proc.wait(30) == status
+        assert proc.wait(120) == status  # a niced test on busy cores can take long to stop Python
         assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
