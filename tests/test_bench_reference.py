@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_classifier
 
 from spinn.data.batching import NLIDataset, collate_nli, pair_sentences
 from spinn.data.snli import read_nli
@@ -30,10 +31,7 @@ def snli(data_dir):
 
 
 def tiny(vocab_size: int, variant: str) -> NLIClassifier:
-    torch.manual_seed(0)
-    return NLIClassifier(
-        vocab_size, d_embed=12, d_hidden=10, d_tracker=6, variant=variant, mlp_dim=16, dropout=0.0
-    )
+    return tiny_classifier(vocab_size, variant, d_embed=12, d_hidden=10, d_tracker=6, mlp_dim=16, dropout=0.0)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from nli_rows import first_rows
-from tiny_runs import ROOT, run_script, sets
+from tiny_runs import ROOT, run_script, sets, tiny_model
 
 import spinn
 from spinn.evaluate import main as evaluate_main
@@ -27,14 +27,7 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("load")
     overrides = [
         *first_rows(folder, train=64, dev=32),
-        "model.variant=spinn",
-        "model.d_hidden=16",
-        "model.d_tracker=8",
-        "model.mlp_dim=16",
-        "train.batch_size=16",
-        "train.progress=false",
-        "train.tensorboard=false",
-        f"train.out_dir={folder / 'run'}",
+        *tiny_model(16, "model.variant=spinn", f"train.out_dir={folder / 'run'}"),
     ]
     argv = ["--config", str(ROOT / "configs" / "small.yaml"), *sets(*overrides)]
     assert train_main([*argv, "--max-steps", "2"]) == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_classifier
 
 from spinn import pad_sentences
 from spinn.data.batching import NLIBatch, pair_sentences
@@ -51,16 +52,12 @@ def snli_pairs(data_dir):
     return pairs, vocab
 
 
-def tiny(vocab_size: int, variant: str, **kw) -> NLIClassifier:
-    torch.manual_seed(0)
-    args = dict(d_embed=16, d_hidden=16, d_tracker=8, variant=variant, mlp_layers=1, mlp_dim=32)
-    return NLIClassifier(vocab_size, **(args | kw))
-
-
 def test_tiny_model_overfits_64_real_pairs(snli_pairs):
     pairs, vocab = snli_pairs
     batch = make_batch(pairs, vocab)
-    model = tiny(len(vocab), "spinn_pi", d_embed=32, d_hidden=32, dropout=0.0, freeze_embeddings=False)
+    model = tiny_classifier(
+        len(vocab), "spinn_pi", d_embed=32, d_hidden=32, dropout=0.0, freeze_embeddings=False
+    )
     optim = torch.optim.Adam(model.parameters(), lr=0.01)
     for step in range(200):
         model.train()
@@ -82,7 +79,7 @@ def test_tiny_model_overfits_64_real_pairs(snli_pairs):
 def test_every_parameter_gets_a_gradient(snli_pairs, variant):
     pairs, vocab = snli_pairs
     batch = make_batch(pairs[:8], vocab)
-    model = tiny(len(vocab), variant, freeze_embeddings=False).train()
+    model = tiny_classifier(len(vocab), variant, freeze_embeddings=False).train()
     out = model(batch)
     assert (out.transition_loss is None) == (variant != "spinn")
     model.loss(out, batch.labels).backward()
@@ -93,7 +90,7 @@ def test_every_parameter_gets_a_gradient(snli_pairs, variant):
 def test_frozen_embeddings_stay_fixed(snli_pairs):
     pairs, vocab = snli_pairs
     glove = torch.randn(len(vocab), 16)
-    model = tiny(len(vocab), "spinn_pi", embeddings=glove)
+    model = tiny_classifier(len(vocab), "spinn_pi", embeddings=glove)
     model.loss(model(make_batch(pairs[:4], vocab)), torch.tensor([0, 1, 2, 0])).backward()
     assert model.embed.weight.grad is None
     assert torch.equal(model.embed.weight, glove)
@@ -103,7 +100,7 @@ def test_frozen_embeddings_stay_fixed(snli_pairs):
 def test_state_dict_round_trip(snli_pairs, variant):
     pairs, vocab = snli_pairs
     batch = make_batch(pairs[:8], vocab)
-    model = tiny(len(vocab), variant)
+    model = tiny_classifier(len(vocab), variant)
     model.train()
     model(batch)  # moves the batch-norm running statistics away from their initial values
     buffer = io.BytesIO()
@@ -124,7 +121,7 @@ def test_padding_does_not_change_a_pair(snli_pairs, variant):
     pairs, vocab = snli_pairs
     # Pair 0 alone, then among longer and shorter pairs (premises and hypotheses padded differently).
     chosen = sorted(pairs[:12], key=lambda p: len(p[0]) + len(p[2]))
-    model = tiny(len(vocab), variant).eval()
+    model = tiny_classifier(len(vocab), variant).eval()
     with torch.no_grad():
         together = model(make_batch(chosen, vocab)).logits
         for i in (0, 5, 11):
@@ -134,7 +131,7 @@ def test_padding_does_not_change_a_pair(snli_pairs, variant):
 
 def test_a_schedule_of_another_batch_is_reported(snli_pairs):
     pairs, vocab = snli_pairs
-    model = tiny(len(vocab), "spinn_pi")
+    model = tiny_classifier(len(vocab), "spinn_pi")
     other = make_batch(pairs[:3], vocab)
     other.schedule = build_schedule(pair_sentences(other).transitions, pair_sentences(other).lengths)
     with pytest.raises(SpinnError, match="the schedule is for 6 sentences of"):

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from nli_rows import first_rows
 
 from spinn.errors import SpinnError
+from spinn.model import NLIClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +35,13 @@ def tiny_model(size: int, *more: str) -> list[str]:
 
 
 TINY = tiny_model(8, "model.d_embed=50", "train.log_every=1")
+
+
+def tiny_classifier(vocab_size: int, variant: str, **sizes) -> NLIClassifier:
+    """An NLIClassifier of a few thousand weights, seeded; `sizes` replace the default sizes."""
+    torch.manual_seed(0)
+    args = dict(d_embed=16, d_hidden=16, d_tracker=8, variant=variant, mlp_layers=1, mlp_dim=32)
+    return NLIClassifier(vocab_size, **(args | sizes))
 
 
 def run_script(
