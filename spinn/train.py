@@ -514,7 +514,7 @@ def log_train(loop: Loop, bar: tqdm) -> None:
         "split": "train",
         "loss": figures.loss,
         "acc": figures.acc,
-        "lr": loop.scheduler.get_last_lr()[0],
+        "lr": loop.optimizer.param_groups[0]["lr"],
         "examples_per_s": figures.examples_per_s,
     }
     if loop.main:

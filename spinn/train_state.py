@@ -142,7 +142,6 @@ def restore(
         optimizer.param_groups, base_lrs, decays, scheduler.lr_lambdas, strict=True
     ):
         group.update(initial_lr=base, lr=base * lr_lambda(scheduler.last_epoch), weight_decay=decay)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr reads
     sampler.load_state_dict(distributed.sampler_state(ckpt["sampler"]))
     set_rng_state(ckpt["rng_ranks"][distributed.rank()] if "rng_ranks" in ckpt else ckpt["rng"])
     state = TrainState(**ckpt["state"])
