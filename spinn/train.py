@@ -214,23 +214,28 @@ def setup_averaged(cfg: Config, model: NLIClassifier) -> AveragedModel | None:
     decay = cfg.optim.ema_decay
     if decay is None:
         return None
-    return AveragedModel(model, avg_fn=warmed_up_ema(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=warmed_up_ema(decay), use_buffers=True)
 
 
-def warmed_up_ema(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """An `AveragedModel` avg_fn: the moving average with decay ``min(decay, (1 + n) / (10 + n))``
-    after n updates (as TensorFlow's ExponentialMovingAverage with num_updates).
+def warmed_up_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """An `AveragedModel` multi_avg_fn: the moving average with decay ``min(decay, (1 + n) / (10 + n))``
+    after n updates (as TensorFlow's ExponentialMovingAverage with num_updates), updated in place.
 
     A constant decay keeps ``decay ** n`` of the initial weights and batch-norm statistics: 37% after
     100 steps at 0.99, enough to wreck a short run's averaged model; the warm-up forgets them.
     Integer buffers (batch norm's batch count) take the current value.
     """
 
-    def update(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():
-            return current
-        weight = (1 + n) / (10 + n)  # a tensor: no host sync on a GPU
-        return torch.lerp(averaged, current, 1 - weight.clamp(max=decay).to(averaged.dtype))
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        # AveragedModel groups the tensors by device and dtype: one weight serves the whole group.
+        if not averaged[0].is_floating_point():
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+            return
+        weight = 1 - ((1 + n) / (10 + n)).clamp(max=decay).to(averaged[0].dtype)  # a tensor: no host sync
+        for a, c in zip(averaged, current, strict=True):
+            a.lerp_(c, weight)
 
     return update
 

@@ -364,7 +364,7 @@ def test_the_moving_average_forgets_the_initial_weights_and_statistics():
     with batch norm then normalises by the initial running variance and predicts one class."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     start = model[0].weight.detach().clone()
-    averaged = AveragedModel(model, avg_fn=warmed_up_ema(0.99), use_buffers=True)
+    averaged = AveragedModel(model, multi_avg_fn=warmed_up_ema(0.99), use_buffers=True)
     averaged.update_parameters(model)  # the first update copies the start
     with torch.no_grad():
         model[0].weight.fill_(1.0)
