@@ -15,6 +15,14 @@ from spinn.model.classifier import NLIClassifier
 from spinn.train_state import TrainState
 
 
+def stopped_advice(run_dir: Path) -> str:
+    """What every divergence error ends with: nothing was saved, and what to try."""
+    return (
+        f"stopped without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
+        f"optim.grad_clip, then --resume {run_dir}"
+    )
+
+
 def loss_not_finite(
     loss: torch.Tensor,
     grad_norm: torch.Tensor,
@@ -37,8 +45,7 @@ def loss_not_finite(
         )
     return SpinnError(
         f"step {state.step + 1} (epoch {state.epoch}, batch {batch_no} of {n_batches}): {what}; "
-        f"stopped without saving, so {run_dir} keeps its last good checkpoints. Lower optim.lr or set "
-        f"optim.grad_clip, then --resume {run_dir}"
+        + stopped_advice(run_dir)
     )
 
 
@@ -59,10 +66,7 @@ def weights_not_finite(
         if bad is not None
         else "the weights sum to more than float32 holds (or another rank's are not finite)"
     )
-    return SpinnError(
-        f"step {state.step + 1}: after the optimiser step, {what}; stopped without saving, so {run_dir} "
-        f"keeps its last good checkpoints. Lower optim.lr or set optim.grad_clip, then --resume {run_dir}"
-    )
+    return SpinnError(f"step {state.step + 1}: after the optimiser step, {what}; " + stopped_advice(run_dir))
 
 
 def check_dev_loss(loss: float, state: TrainState, run_dir: Path) -> None:
@@ -73,7 +77,5 @@ def check_dev_loss(loss: float, state: TrainState, run_dir: Path) -> None:
     """
     if not math.isfinite(loss):
         raise SpinnError(
-            f"step {state.step}: the dev loss is {loss}, expected a finite number; stopped without saving, "
-            f"so {run_dir} keeps its last good checkpoints. Lower optim.lr or set optim.grad_clip, then "
-            f"--resume {run_dir}"
+            f"step {state.step}: the dev loss is {loss}, expected a finite number; " + stopped_advice(run_dir)
         )
